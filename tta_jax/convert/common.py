@@ -1,0 +1,285 @@
+"""Shared machinery for PyTorch -> Flax checkpoint converters.
+
+A converter is a pure mapping from a flat PyTorch state dict (``{"a.b.weight": np.ndarray}``) to a
+nested Flax param tree. This module holds the pieces every family needs:
+
+- loading a state dict from ``.safetensors``, ``.bin``/``.pt``/``.ckpt``/``.pth.tar`` without torch where
+  possible (safetensors) and with a clear error naming the file otherwise;
+- layout transforms (Linear -> Dense, Conv1d/Conv2d -> NWC/NHWC kernels, ConvTranspose, weight norm);
+- strict bookkeeping: every source key must be consumed and every target param filled with the
+  expected shape, otherwise :class:`ConversionError` lists the offending keys by name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+Array = np.ndarray
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not match the target architecture; the message names every bad key."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+def load_state_dict(path: str | os.PathLike, *, key: str | None = None) -> dict[str, Array]:
+    """Loads a flat ``{name: float32/int ndarray}`` state dict from disk.
+
+    ``.safetensors`` files are read with the safetensors numpy backend (no torch). Pickled PyTorch files
+    (``.bin``, ``.pt``, ``.pth``, ``.ckpt``, ``.tar``) need torch (the ``parity`` extra). ``key`` selects a
+    sub-dict of a pickled checkpoint (e.g. ``"generator"`` or ``"state_dict"``).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        try:
+            sd = load_file(path)
+        except Exception as e:  # corrupt or truncated file
+            raise ConversionError(f"{path}: not a readable safetensors file ({e})") from e
+        return {k: np.asarray(v) for k, v in sd.items()}
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on install
+        raise ConversionError(
+            f"{path}: reading a pickled PyTorch checkpoint needs torch (pip install 'tta_jax[parity]'), "
+            "or convert it to .safetensors first") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConversionError(f"{path}: could not be read as a PyTorch checkpoint ({e})") from e
+    if key is not None:
+        if key not in obj:
+            raise ConversionError(f"{path}: has no top-level key {key!r}; it has {sorted(obj)[:20]}")
+        obj = obj[key]
+    elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in obj.items() if hasattr(v, "numpy")}
+
+
+def torch_state_dict_to_numpy(sd: Mapping[str, Any]) -> dict[str, Array]:
+    """``module.state_dict()`` (torch tensors) -> ``{name: np.ndarray}`` (float32 for floats)."""
+    out = {}
+    for k, v in sd.items():
+        if hasattr(v, "detach"):
+            v = v.detach().cpu()
+            v = v.float().numpy() if v.is_floating_point() else v.numpy()
+        out[k] = np.asarray(v)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Layout transforms
+# --------------------------------------------------------------------------------------------------
+def torch_linear_to_dense(w: Array) -> Array:
+    """nn.Linear weight [out, in] -> flax Dense kernel [in, out]."""
+    return np.ascontiguousarray(np.asarray(w).T)
+
+
+def torch_conv_to_flax(w: Array) -> Array:
+    """Conv{1,2,3}d weight [out, in/groups, *k] -> flax Conv kernel [*k, in/groups, out]."""
+    w = np.asarray(w)
+    nd = w.ndim - 2
+    return np.ascontiguousarray(np.transpose(w, tuple(range(2, 2 + nd)) + (1, 0)))
+
+
+def torch_conv_transpose_to_flax(w: Array) -> Array:
+    """ConvTranspose{1,2}d weight [in, out, *k] -> kernel [*k, in, out] for a flipped-kernel
+    ``nn.ConvTranspose(transpose_kernel=False)`` (the spatial flip makes it equal to PyTorch's op)."""
+    w = np.asarray(w)
+    nd = w.ndim - 2
+    w = np.flip(w, axis=tuple(range(2, 2 + nd)))
+    return np.ascontiguousarray(np.transpose(w, tuple(range(2, 2 + nd)) + (0, 1)))
+
+
+def fold_weight_norm(g: Array, v: Array, dim: int = 0) -> Array:
+    """PyTorch weight norm ``w = g * v / ||v||`` with the norm over every axis except ``dim``."""
+    g = np.asarray(g, np.float64)
+    v = np.asarray(v, np.float64)
+    axes = tuple(a for a in range(v.ndim) if a != dim)
+    norm = np.sqrt(np.sum(v * v, axis=axes, keepdims=True))
+    return (g * v / norm).astype(np.float32)
+
+
+def fold_all_weight_norms(sd: Mapping[str, Array]) -> dict[str, Array]:
+    """Replaces every ``X.weight_g``/``X.weight_v`` pair (old API) and every
+    ``X.parametrizations.weight.original0/1`` pair (new API) by a folded ``X.weight``."""
+    sd = dict(sd)
+    for k in [k for k in sd if k.endswith(".weight_g")]:
+        base = k[: -len(".weight_g")]
+        sd[base + ".weight"] = fold_weight_norm(sd.pop(k), sd.pop(base + ".weight_v"))
+    suffix = ".parametrizations.weight.original0"
+    for k in [k for k in sd if k.endswith(suffix)]:
+        base = k[: -len(suffix)]
+        sd[base + ".weight"] = fold_weight_norm(
+            sd.pop(k), sd.pop(base + ".parametrizations.weight.original1"))
+    return sd
+
+
+# --------------------------------------------------------------------------------------------------
+# Strict bookkeeping
+# --------------------------------------------------------------------------------------------------
+def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a/b/kernel": leaf}``."""
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flatten_params(v, name))
+        else:
+            out[name] = v
+    return out
+
+
+def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a/b/kernel": leaf}`` -> nested dict."""
+    out: dict[str, Any] = {}
+    for name, v in flat.items():
+        node = out
+        parts = name.split("/")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return out
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What a conversion did: keys it could not place, params it could not fill, shape mismatches."""
+
+    unexpected: list[str] = dataclasses.field(default_factory=list)  # source keys not consumed
+    missing: list[str] = dataclasses.field(default_factory=list)  # target params not filled
+    mismatched: list[str] = dataclasses.field(default_factory=list)  # "name: got X, expected Y"
+    mapping: dict[str, str] = dataclasses.field(default_factory=dict)  # target param -> source key
+
+    @property
+    def ok(self) -> bool:
+        return not (self.unexpected or self.missing or self.mismatched)
+
+    def summary(self, limit: int = 30) -> str:
+        lines = []
+        for title, items in (("unexpected source keys", self.unexpected),
+                             ("missing target params", self.missing),
+                             ("shape mismatches", self.mismatched)):
+            if items:
+                shown = ", ".join(items[:limit]) + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
+                lines.append(f"{len(items)} {title}: {shown}")
+        return "; ".join(lines) if lines else "all keys matched"
+
+
+def check_and_report(converted: Mapping[str, Array], target_shapes: Mapping[str, tuple],
+                     unused_source_keys: Iterable[str], *, strict: bool = True, what: str = "checkpoint",
+                     mapping: Mapping[str, str] | None = None) -> tuple[dict[str, Any], ConversionReport]:
+    """Checks a flat converted dict against the flat target shapes and builds the nested tree.
+
+    Args:
+      converted: ``{"a/b/kernel": array}`` produced by a converter.
+      target_shapes: ``{"a/b/kernel": shape}`` of the model (e.g. from ``jax.eval_shape(init)``).
+      unused_source_keys: source keys the converter did not consume.
+      strict: raise :class:`ConversionError` on any problem; otherwise missing params are left out.
+      what: a name for the error message (file path or family).
+    Returns:
+      (nested param tree, report)
+    """
+    report = ConversionReport(unexpected=sorted(unused_source_keys), mapping=dict(mapping or {}))
+    out = {}
+    for name, shape in target_shapes.items():
+        if name not in converted:
+            report.missing.append(name)
+            continue
+        arr = np.asarray(converted[name])
+        if tuple(arr.shape) != tuple(shape):
+            src = report.mapping.get(name, "?")
+            report.mismatched.append(f"{name} (from {src}): got {tuple(arr.shape)}, expected {tuple(shape)}")
+            continue
+        out[name] = arr.astype(np.float32) if np.issubdtype(arr.dtype, np.floating) else arr
+    for name in converted:
+        if name not in target_shapes:
+            report.unexpected.append(f"(converted) {name}")
+    if strict and not report.ok:
+        raise ConversionError(f"{what}: {report.summary()}")
+    return unflatten_params(out), report
+
+
+def shapes_of(tree: Mapping[str, Any]) -> dict[str, tuple]:
+    """Flat ``{name: shape}`` of a (possibly abstract, possibly boxed) param tree."""
+    out = {}
+    for k, v in flatten_params(unbox(tree)).items():
+        out[k] = tuple(v.shape)
+    return out
+
+
+def unbox(tree: Any) -> Any:
+    """Strips flax ``Partitioned``/``LogicallyPartitioned`` boxes so leaves are plain arrays/shapes."""
+    try:
+        from flax.core import meta
+
+        return meta.unbox(tree)
+    except Exception:  # pragma: no cover
+        return tree
+
+
+class KeyMapper:
+    """Helper for writing converters: pops source keys as they are mapped and records the mapping.
+
+    >>> m = KeyMapper(sd)
+    >>> m.dense("blocks.0.attn.to_q", "blocks_0/attn/to_q")      # weight (+ bias if present)
+    >>> params, report = m.finish(target_shapes, strict=True, what=path)
+    """
+
+    def __init__(self, state_dict: Mapping[str, Array]):
+        self.src = dict(state_dict)
+        self.out: dict[str, Array] = {}
+        self.mapping: dict[str, str] = {}
+
+    def has(self, key: str) -> bool:
+        return key in self.src
+
+    def take(self, key: str) -> Array:
+        if key not in self.src:
+            raise ConversionError(f"source checkpoint has no key {key!r}")
+        return np.asarray(self.src.pop(key))
+
+    def put(self, target: str, value: Array, source: str) -> None:
+        self.out[target] = value
+        self.mapping[target] = source
+
+    def raw(self, src: str, dst: str, fn: Callable[[Array], Array] | None = None) -> None:
+        v = self.take(src)
+        self.put(dst, fn(v) if fn else v, src)
+
+    def dense(self, src: str, dst: str, *, bias: bool | None = None) -> None:
+        """Linear ``src.weight``/``src.bias`` -> Dense ``dst/kernel``/``dst/bias``."""
+        self.raw(f"{src}.weight", f"{dst}/kernel", torch_linear_to_dense)
+        if bias or (bias is None and self.has(f"{src}.bias")):
+            self.raw(f"{src}.bias", f"{dst}/bias")
+
+    def conv(self, src: str, dst: str, *, bias: bool | None = None) -> None:
+        self.raw(f"{src}.weight", f"{dst}/kernel", torch_conv_to_flax)
+        if bias or (bias is None and self.has(f"{src}.bias")):
+            self.raw(f"{src}.bias", f"{dst}/bias")
+
+    def conv_transpose(self, src: str, dst: str, *, bias: bool | None = None) -> None:
+        self.raw(f"{src}.weight", f"{dst}/kernel", torch_conv_transpose_to_flax)
+        if bias or (bias is None and self.has(f"{src}.bias")):
+            self.raw(f"{src}.bias", f"{dst}/bias")
+
+    def norm(self, src: str, dst: str) -> None:
+        """LayerNorm/GroupNorm ``weight``/``bias`` -> ``scale``/``bias``."""
+        self.raw(f"{src}.weight", f"{dst}/scale")
+        if self.has(f"{src}.bias"):
+            self.raw(f"{src}.bias", f"{dst}/bias")
+
+    def finish(self, target_shapes: Mapping[str, tuple], *, strict: bool = True, what: str = "checkpoint",
+               ignore: Callable[[str], bool] | None = None):
+        unused = [k for k in self.src if not (ignore and ignore(k))]
+        return check_and_report(self.out, target_shapes, unused, strict=strict, what=what,
+                                mapping=self.mapping)
