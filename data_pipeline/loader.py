@@ -1,0 +1,178 @@
+"""grain loader over precomputed ArrayRecord shards (see precompute.py) + global batch assembly.
+
+Pipeline (grain 0.2 dataset API):
+  MapDataset.source(ArrayRecordDataSource(manifest shards))
+    -> [process_index : per * process_count : process_count]   shard by jax process: disjoint,
+                                                                equal size (remainder dropped)
+    -> shuffle(seed) -> repeat(num_epochs)       seeded global (per-process) shuffle, new each epoch
+    -> map(decode) -> random_map(augment)         latent crop, caption dropout, EzAudio masks;
+                                                  the rng is grain's, seeded by (seed, index)
+    -> to_iter_dataset -> batch -> [mp_prefetch]
+The iterator (`iter(dataset)`) is checkpointable: `it.get_state()` / `it.set_state(state)`;
+save the state with the train state (grain.checkpoint handlers work with Orbax).
+
+Batch (per process, numpy): latent [B, T, C] float32, latent_valid [B, T] float32 (1 = real frame),
+caption_dropped [B] bool, each text feature the precompute stored (e.g. input_ids [B, L] or
+text [B, L, D] + text_mask [B, L]), mask [B, T] float32 (1 = generate) when masks are on, and
+caption [B] str when `keep_strings`.
+
+Multiprocessing note: parse absl flags (app.run) *before* building the loader; grain's worker
+processes (num_workers > 0) read absl flags and fail on unparsed ones. Outside an absl app
+`make_dataset` marks the flags parsed with their defaults (`ensure_flags_parsed`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from data_pipeline import records
+from data_pipeline.masks import sample_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    batch_size: int = 8                 # per process
+    seed: int = 0
+    shuffle: bool = True
+    num_epochs: int | None = None       # None: repeat forever
+    crop_frames: int | None = None      # random latent crop (zero-padded if shorter)
+    caption_dropout: float = 0.0        # p of replacing text features with the null caption's
+    mask_partial_prob: float | None = None  # EzAudio masks: None = off, else 0.25
+    mask_span: int = 10
+    split: str | None = None            # keep only records of this split
+    drop_remainder: bool = True
+    num_threads: int = 4                # grain ReadOptions threads
+    num_workers: int = 0                # grain worker processes (mp_prefetch)
+    keep_strings: bool = False          # also return caption strings and keys
+
+    @classmethod
+    def from_experiment(cls, data, batch_size: int, seed: int, caption_dropout: float = 0.0,
+                        **kw) -> "LoaderConfig":
+        """From tta_jax.config's `data` section (crop_frames 0 / mask_partial_prob < 0 mean off)."""
+        return cls(batch_size=batch_size, seed=seed, caption_dropout=caption_dropout,
+                   crop_frames=int(data.crop_frames) or None,
+                   mask_partial_prob=None if data.mask_partial_prob < 0 else float(data.mask_partial_prob),
+                   split=data.split or None, num_workers=int(data.num_workers), **kw)
+
+
+def read_manifest(data_dir: str) -> dict:
+    path = os.path.join(data_dir, "manifest.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: run launch.precompute to completion first")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_null_text(data_dir: str, manifest: dict) -> dict[str, np.ndarray] | None:
+    if not manifest.get("null_text"):
+        return None
+    with open(os.path.join(data_dir, manifest["null_text"]), "rb") as f:
+        return records.decode_record(f.read())
+
+
+class _Decode:
+    def __init__(self, keep_strings: bool):
+        self.keep_strings = keep_strings
+
+    def __call__(self, raw: bytes) -> dict[str, Any]:
+        return records.decode_record(raw)
+
+
+class _Augment:
+    """Random transforms of one decoded record (rng from grain, seeded per index)."""
+
+    def __init__(self, cfg: LoaderConfig, null_text: dict | None):
+        self.cfg, self.null = cfg, null_text
+
+    def __call__(self, rec: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        cfg = self.cfg
+        z = np.asarray(rec["latent"], np.float32)
+        frames = int(rec.get("latent_frames", z.shape[0]))
+        valid = (np.arange(z.shape[0]) < frames).astype(np.float32)
+        if cfg.crop_frames is not None:
+            c = int(cfg.crop_frames)
+            if z.shape[0] > c:
+                start = int(rng.integers(0, max(frames - c, 0) + 1))
+                z, valid = z[start:start + c], valid[start:start + c]
+            else:
+                pad = [(0, c - z.shape[0])] + [(0, 0)] * (z.ndim - 1)
+                z, valid = np.pad(z, pad), np.pad(valid, (0, c - valid.shape[0]))
+        out: dict[str, Any] = {"latent": z, "latent_valid": valid}
+        drop = bool(cfg.caption_dropout > 0 and rng.uniform() < cfg.caption_dropout)
+        out["caption_dropped"] = np.bool_(drop)
+        for k, v in rec.items():
+            if k.startswith("txt:"):
+                name = k[4:]
+                out[name] = self.null[name] if (drop and self.null is not None) else v
+        if cfg.mask_partial_prob is not None:
+            out["mask"] = sample_mask(z.shape[0], rng, cfg.mask_partial_prob, cfg.mask_span)
+        if cfg.keep_strings:
+            out["caption"] = "" if drop else rec["caption"]
+            out["key"] = rec["key"]
+        return out
+
+
+def make_dataset(data_dir: str, cfg: LoaderConfig = LoaderConfig(), process_index: int | None = None,
+                 process_count: int | None = None):
+    """-> grain IterDataset of per-process batches. `iter()` it for a checkpointable iterator."""
+    import grain
+
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    manifest = read_manifest(data_dir)
+    paths = [os.path.join(data_dir, s) for s in manifest["shards"]]
+    if not paths:
+        raise ValueError(f"{data_dir}: manifest lists no shards (all {manifest['num_examples']} "
+                         f"examples skipped?)")
+    source = grain.sources.ArrayRecordDataSource(paths)
+    ds = grain.MapDataset.source(source)
+    per = len(ds) // process_count
+    if per == 0:
+        raise ValueError(f"{data_dir}: {len(ds)} records cannot be split over {process_count} processes")
+    ds = ds[process_index: per * process_count: process_count]
+    if cfg.shuffle:
+        ds = ds.shuffle(seed=cfg.seed)
+    ds = ds.repeat(cfg.num_epochs)
+    ds = ds.map(_Decode(cfg.keep_strings))
+    if cfg.split is not None:
+        ds = ds.filter(lambda r, s=cfg.split: r["split"] == s)
+    ds = ds.random_map(_Augment(cfg, load_null_text(data_dir, manifest)), seed=cfg.seed + 1)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=64))
+    ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+    if cfg.num_workers > 0:
+        ensure_flags_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
+    return ds
+
+
+def ensure_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside an absl app (notebooks, pytest) mark them
+    parsed with their defaults. Inside `app.run` this is a no-op (flags are already parsed)."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def global_batch(batch: dict[str, Any], mesh, data_axes: tuple[str, ...] = ("data",)) -> dict:
+    """Per-process numpy batch -> global jax.Arrays sharded on `data_axes` along the batch dim.
+
+    Non-numeric entries (strings) are dropped. The global batch is process_count * local batch.
+    """
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        if v.dtype.kind in "USO":
+            continue
+        spec = P(data_axes if len(data_axes) > 1 else data_axes[0])
+        out[k] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), v)
+    return out

@@ -1,0 +1,35 @@
+"""Default config for `python -m launch.precompute --config data_pipeline/precompute_config.py --out DIR`.
+
+Tiny CPU run (embedded demo set, toy codec, byte tokens; ~1 min on 2 cores):
+  python -m launch.precompute --config data_pipeline/precompute_config.py --out /tmp/pre \
+      --config.embedded.num_clips=200
+Real data: --config.source=folder --config.source_args.root=/data/mydir (metadata.csv inside), or
+source=audiocaps|clotho (csv_path, audio_dir), wavcaps (json_path, audio_dir), tfds (name,
+manual_dir). Codec: toy | mel (tta_jax.codecs.mel_codec); text: bytes | none | minilm (frozen
+MiniLM states) | minilm_tokens (token ids only).
+"""
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.source = "embedded"
+    c.source_args = ml_collections.ConfigDict(dict(
+        root="", captions="", csv_path="", json_path="", audio_dir="", split="", name="",
+        manual_dir="", all_captions=True))
+    c.embedded = ml_collections.ConfigDict(dict(num_clips=3000, seed=0, duration=4.0, workers=1,
+                                                two_event_prob=0.25))
+    c.audio = ml_collections.ConfigDict(dict(
+        sample_rate=22050, max_seconds=30.0, crop_seconds=10.0, crop="random",
+        normalize=config_dict.placeholder(float), seed=0))
+    c.audio.normalize = 0.95
+    c.codec = ml_collections.ConfigDict(dict(name="toy", hop=256, bands=7,  # toy codec
+                                              model="universal", mean=-5.0, std=2.5))  # mel
+    c.text = ml_collections.ConfigDict(dict(name="bytes", max_len=64))
+    c.shard_size = 256
+    c.batch_size = 16
+    c.latent_dtype = "float32"
+    c.decode_threads = 2
+    c.throttle_s = 0.0
+    return c
