@@ -61,17 +61,21 @@ def target(schedule: DiffusionSchedule, x0: jax.Array, noise: jax.Array, t: jax.
     raise ValueError(f"unknown prediction_type {p!r}")
 
 
+def x0_eps_from_output(prediction_type: str, x_t: jax.Array, out: jax.Array, alpha_bar) -> tuple:
+    """Model output -> (x0_hat, eps_hat) given alpha_bar (scalar, or broadcastable to x_t)."""
+    a, s = jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
+    if prediction_type == "epsilon":
+        return (x_t - s * out) / a, out
+    if prediction_type == "v_prediction":
+        return a * x_t - s * out, a * out + s * x_t
+    if prediction_type == "sample":
+        return out, (x_t - a * out) / s
+    raise ValueError(f"prediction_type {prediction_type!r} has no (x0, eps) form (use a flow sampler)")
+
+
 def predict_x0_eps(schedule: DiffusionSchedule, x_t: jax.Array, out: jax.Array, t: jax.Array):
     """Model output -> (x0_hat, eps_hat) for the DDPM parameterisations. t [B] int."""
-    a, s = _coeffs(schedule, t, x_t)
-    p = schedule.prediction_type
-    if p == "epsilon":
-        return (x_t - s * out) / a, out
-    if p == "v_prediction":
-        return a * x_t - s * out, a * out + s * x_t
-    if p == "sample":
-        return out, (x_t - a * out) / s
-    raise ValueError(f"predict_x0_eps does not apply to prediction_type {p!r}")
+    return x0_eps_from_output(schedule.prediction_type, x_t, out, _bcast(schedule.alphas_cumprod[t], x_t))
 
 
 def min_snr_weight(schedule: DiffusionSchedule, t: jax.Array, gamma: float, *, variant: str = "standard"):

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tta_jax.diffusion.objectives import x0_eps_from_output
 from tta_jax.diffusion.schedules import DiffusionSchedule, flow_sigmas, spaced_timesteps
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -94,18 +95,6 @@ def _draw_noises(key, noises, num, x):
     return jax.random.normal(key, (num,) + x.shape, x.dtype)
 
 
-def _x0_eps(prediction_type: str, x, out, a_t):
-    """Model output -> (x0, eps) given alpha_bar_t (scalar)."""
-    sa, sb = jnp.sqrt(a_t), jnp.sqrt(1.0 - a_t)
-    if prediction_type == "epsilon":
-        return (x - sb * out) / sa, out
-    if prediction_type == "v_prediction":
-        return sa * x - sb * out, sa * out + sb * x
-    if prediction_type == "sample":
-        return out, (x - sa * out) / sb
-    raise ValueError(f"prediction_type {prediction_type!r} cannot be used with a DDPM-family sampler")
-
-
 def _identity_post(x, i, level):
     return x
 
@@ -139,7 +128,7 @@ def ddpm_sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSchedu
     def step(x, xs):
         i, t, tp, at, ap, z = xs
         out = denoise_fn(x, _full_t(t, x, jnp.int32))
-        x0, _ = _x0_eps(pt, x, out, at)
+        x0, _ = x0_eps_from_output(pt, x, out, at)
         if cfg.clip_sample:
             x0 = jnp.clip(x0, -cfg.clip_range, cfg.clip_range)
         bt, bp = 1.0 - at, 1.0 - ap
@@ -187,7 +176,7 @@ def ddim_sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSchedu
     def step(x, xs):
         i, t, tp, at, ap, z = xs
         out = denoise_fn(x, _full_t(t, x, jnp.int32))
-        x0, eps = _x0_eps(pt, x, out, at)
+        x0, eps = x0_eps_from_output(pt, x, out, at)
         if cfg.clip_sample:
             x0 = jnp.clip(x0, -cfg.clip_range, cfg.clip_range)
             eps = (x - jnp.sqrt(at) * x0) / jnp.sqrt(1.0 - at)
