@@ -40,9 +40,6 @@ CHOICES = {
     "sampler.name": SAMPLERS,
     "sampler.spacing": ("leading", "trailing", "linspace"),
     "sampler.guidance_mode": GUIDANCE_MODES,
-    "optimizer.name": ("adamw", "adafactor"),
-    "optimizer.schedule": ("constant", "warmup_constant", "cosine", "inverse_sqrt"),
-    "train.compute_dtype": ("float32", "bfloat16"),
 }
 
 # Sections whose contents are validated elsewhere (model config classes, data sources, codecs).
@@ -50,10 +47,15 @@ FREE_FORM = ("model", "data.source_kwargs", "codec", "text", "conditioner", "ext
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The schema and defaults shared by every experiment config."""
-    c = ml_collections.ConfigDict()
+    """The schema and defaults shared by every experiment config.
+
+    The trainer's sections (``seed``, ``builder``, ``mesh``, ``optimizer``, ``train``) come from
+    :func:`tta_jax.train.config.trainer_config`; the diffusion, sampler and data sections are here.
+    """
+    from tta_jax.train.config import trainer_config
+
+    c = trainer_config()
     c.name = "experiment"
-    c.seed = 0
     c.model = ml_collections.ConfigDict()  # free-form: checked by the model's config class
     c.codec = ml_collections.ConfigDict()
     c.text = ml_collections.ConfigDict()
@@ -67,22 +69,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.sampler = ml_collections.ConfigDict(dict(
         name="ddim", num_steps=50, spacing="leading", eta=0.0, steps_offset=0, set_alpha_to_one=True,
-        clip_sample=False, flow_shift=1.0, guidance_scale=3.0, guidance_rescale=0.0, guidance_mode="cfg",
-        guidance_interval_lo=-1.0, guidance_interval_hi=-1.0))
-
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name="adamw", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, schedule="warmup_constant",
-        warmup_steps=0, decay_steps=0, end_lr_factor=0.0, grad_clip=1.0, grad_accum_steps=1))
-
-    c.train = ml_collections.ConfigDict(dict(
-        batch_size=32, num_steps=1000, ema_decay=0.9999, ema_warmup=True, compute_dtype="float32",
-        remat=False, log_every=10, eval_every=0, sample_every=0, ckpt_every=500, keep_ckpts=3,
-        max_consecutive_nonfinite=10, time_budget_s=0.0,
-        mesh_data=-1, mesh_fsdp=1, mesh_tensor=1))
+        clip_sample=False, flow_shift=1.0, guidance_scale=3.0, guidance_rescale=0.0, guidance_mode="cfg"))
 
     c.data = ml_collections.ConfigDict(dict(
-        source="embedded", path="", split="train", precomputed_dir="", num_workers=0, shuffle_seed=0,
-        crop_frames=0, latent_length=0, mask_prob=0.0, source_kwargs=ml_collections.ConfigDict()))
+        precomputed_dir="", split="train", num_workers=0, crop_frames=0, mask_partial_prob=-1.0, patch_frames=1,
+        source_kwargs=ml_collections.ConfigDict()))
     return c
 
 
@@ -95,7 +86,7 @@ def _is_free(path: str) -> bool:
 
 
 def _type_ok(value: Any, expected: Any) -> bool:
-    if expected is None or value is None:
+    if expected is None or value is None or isinstance(expected, ml_collections.FieldReference):
         return True
     if isinstance(expected, bool):
         return isinstance(value, bool)

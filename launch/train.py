@@ -1,0 +1,96 @@
+r"""Train any system: ``python -m launch.train --config configs/X.py --workdir DIR [--config.k=v ...]``.
+
+* Resumes automatically from ``DIR/checkpoints`` (train state, data iterator, RNG).
+* SIGTERM (preemption) -> checkpoint at the next step, exit 0. Re-run the same command to continue.
+* Non-finite loss/grads: the update is skipped; after ``train.max_consecutive_nonfinite`` in a row the
+  run stops with exit code 3 and the last good checkpoint untouched.
+* Multi-host: ``jax.distributed.initialize()`` runs when a cluster environment is detected (TPU pod
+  slice with several workers, SLURM with several tasks, or JAX_COORDINATOR_ADDRESS set), or always /
+  never with ``--distributed=on|off``. See launch/tpu/run.sh and launch/gpu/slurm.sbatch.
+
+Smoke test (CPU, ~1 min): ``python -m launch.train --config tta_jax/train/toy.py --workdir /tmp/toy``
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config()).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, logs, samples).")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                                 "Call jax.distributed.initialize() (auto: when a cluster is detected).")
+_ORBAX_INFO = flags.DEFINE_bool("orbax_info_logs", False, "Show Orbax's INFO logs (very verbose).")
+
+EXIT_NONFINITE = 3
+
+
+def cluster_detected(env=os.environ) -> bool:
+    """True when the environment describes a multi-process job."""
+    if env.get("JAX_COORDINATOR_ADDRESS") or env.get("COORDINATOR_ADDRESS"):
+        return True
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_STEP_ID" in env:
+        return True
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return True
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+        return True
+    return False
+
+
+class _DropOrbaxInfo(logging.Filter):
+    def filter(self, record):  # noqa: D401
+        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    import jax
+    if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and cluster_detected()):
+        jax.distributed.initialize()
+    if not _ORBAX_INFO.value:
+        for h in logging.getLogger().handlers:
+            h.addFilter(_DropOrbaxInfo())
+    logging.getLogger().setLevel(logging.INFO)
+
+    from tta_jax.train.loop import NonFiniteError, train
+
+    config = _CONFIG.value
+    workdir = _WORKDIR.value
+    if "diffusion" in config:  # experiment configs built on tta_jax.config.base_config(): full schema check
+        from tta_jax.config import validate_config
+
+        validate_config(config)
+    logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(),
+                 jax.devices()[0].platform)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    try:
+        result = train(config, workdir)
+    except NonFiniteError as e:
+        logging.error("%s", e)
+        sys.stdout.flush()
+        sys.exit(EXIT_NONFINITE)
+    logging.info("finished: step %d (%s)", result.step, result.reason)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "last_run.json"), "w") as f:
+            json.dump({"step": result.step, "reason": result.reason, "start_step": result.start_step,
+                       "flops_per_step": result.flops_per_step}, f)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)

@@ -1,0 +1,299 @@
+"""Text -> audio on precomputed latents: the training task and the jitted sampling pipeline.
+
+One task serves every latent-sequence system whose denoiser follows the interface
+``model.apply({"params": p}, x_t [B, T, C], t [B], cond, train=...)``: the EzAudio-DiT on mel-codec or
+waveform-VAE latents (the demo), and its ablation variants. The objective, schedule and sampler come
+from the config (``diffusion.*``, ``sampler.*``); EzAudio's masked-diffusion training is on when the
+loader emits span masks (``data.mask_partial_prob``).
+
+Config keys used (see ``configs/ezaudio_demo.py``): ``model`` (DiTConfig fields), ``diffusion``,
+``sampler``, ``data.precomputed_dir``, ``data.crop_frames``, ``data.mask_partial_prob``,
+``diffusion.cond_drop_prob``, ``train.batch_size``, ``seed``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tta_jax import diffusion as D
+from tta_jax.denoisers.dit import DiT, DiTConfig
+
+TextEncodeFn = Callable[[Sequence[str]], Mapping[str, np.ndarray]]
+
+
+def dit_config_from(config) -> DiTConfig:
+    """``config.model`` (ConfigDict of DiTConfig fields, plus ``preset``) -> DiTConfig."""
+    from tta_jax.denoisers import dit as dit_mod
+
+    fields = dict(config.model.to_dict() if hasattr(config.model, "to_dict") else config.model)
+    preset = fields.pop("preset", None)
+    if preset:
+        if preset not in dit_mod.PRESETS:
+            raise ValueError(f"config.model.preset={preset!r}; expected one of {sorted(dit_mod.PRESETS)}")
+        return dit_mod.PRESETS[preset](**fields)
+    try:
+        return DiTConfig.from_dict(fields)
+    except ValueError as e:
+        raise ValueError(f"config.model: {e}") from e
+
+
+def schedule_of(config) -> D.DiffusionSchedule:
+    return D.schedule_from_config(config.diffusion)
+
+
+def sampler_of(config, **overrides) -> D.SamplerConfig:
+    s = config.sampler
+    kw = dict(name=s.name, num_steps=s.num_steps, spacing=s.spacing, eta=s.eta, steps_offset=s.steps_offset,
+              set_alpha_to_one=s.set_alpha_to_one, clip_sample=s.clip_sample, flow_shift=s.flow_shift)
+    kw.update(overrides)
+    return D.SamplerConfig(**kw)
+
+
+def patchify(x: jax.Array, p: int) -> jax.Array:
+    """[B, T, C] -> [B, T/p, p*C]: p consecutive frames per token (T must be divisible by p)."""
+    if p == 1:
+        return x
+    b, t, c = x.shape
+    if t % p:
+        raise ValueError(f"latent length {t} is not divisible by data.patch_frames={p}")
+    return x.reshape(b, t // p, p * c)
+
+
+def unpatchify(x: jax.Array, p: int) -> jax.Array:
+    """[B, T/p, p*C] -> [B, T, C]."""
+    if p == 1:
+        return x
+    b, n, pc = x.shape
+    return x.reshape(b, n * p, pc // p)
+
+
+def patch_mask(mask: jax.Array, p: int) -> jax.Array:
+    """Frame mask [B, T] -> token mask [B, T/p] (a token counts if any of its frames does)."""
+    if p == 1:
+        return mask
+    b, t = mask.shape
+    return mask.reshape(b, t // p, p).max(axis=-1)
+
+
+def patch_batch(batch: Mapping[str, Any], p: int) -> dict[str, Any]:
+    out = dict(batch)
+    out["latent"] = patchify(batch["latent"], p)
+    for k in ("mask", "latent_valid"):
+        if k in batch:
+            out[k] = patch_mask(batch[k], p)
+    return out
+
+
+def cond_from_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """Loader batch -> denoiser cond dict (text states + mask, EzAudio mask + masked latent)."""
+    cond = {}
+    if "text" in batch:
+        cond["text"] = batch["text"]
+        if "text_mask" in batch:
+            cond["text_mask"] = batch["text_mask"]
+    if "mask" in batch:
+        cond["mask"] = batch["mask"]
+        cond["masked_latent"] = batch["latent"]
+    return cond
+
+
+def make_loss_fn(model: DiT, config):
+    """-> ``loss_fn(params, batch, rng) -> (loss, metrics)`` for the trainer (pure)."""
+    schedule = schedule_of(config)
+    d = config.diffusion
+    flow_time = dict(sampler=d.flow_time_sampler, shift=d.flow_shift)
+
+    def apply_fn(params, x_t, t, cond, rng):
+        return model.apply({"params": params}, x_t, t, cond, train=True, rngs={"dropout": rng})
+
+    p = int(config.data.patch_frames)
+
+    def loss_fn(params, batch, rng):
+        batch = patch_batch(batch, p)
+        loss_mask = batch.get("latent_valid")
+        if "mask" in batch:  # EzAudio: loss only on frames to generate
+            loss_mask = batch["mask"] if loss_mask is None else loss_mask * batch["mask"]
+        b = {"latent": batch["latent"], "cond": cond_from_batch(batch), "loss_mask": loss_mask}
+        return D.diffusion_loss(apply_fn, params, b, rng, schedule,
+                                min_snr_gamma=d.min_snr_gamma or None, min_snr_variant=d.min_snr_variant,
+                                flow_time=flow_time if d.prediction_type == "flow" else None)
+
+    return loss_fn
+
+
+@dataclasses.dataclass
+class Generator:
+    """Jitted text-conditioned sampling for a latent-sequence denoiser.
+
+    ``generate(params, text, text_mask, null_text, null_mask, key, num_frames)`` -> latents
+    [B, num_frames, C]. The sampler loop and CFG live inside one jit per (batch, frames) shape.
+    """
+
+    model: DiT
+    schedule: D.DiffusionSchedule
+    sampler: D.SamplerConfig
+    guidance_scale: float = 3.0
+    guidance_rescale: float = 0.0
+    guidance_mode: str = "cfg"
+
+    def __post_init__(self):
+        self._jitted = jax.jit(self._generate, static_argnames=("num_frames",))
+
+    def _generate(self, params, text, text_mask, null_text, null_mask, key, num_frames: int,
+                  masked_latent=None, mask=None):
+        b = text.shape[0]
+        c = self.model.config.out_channels
+        k_init, k_loop = jax.random.split(key)
+        x_T = jax.random.normal(k_init, (b, num_frames, c), jnp.float32)
+        cond = {"text": text, "text_mask": text_mask}
+        uncond = {"text": null_text, "text_mask": null_mask}
+        if mask is not None:  # editing / inpainting: same clean latent and mask in both branches
+            cond.update(mask=mask, masked_latent=masked_latent)
+            uncond.update(mask=mask, masked_latent=masked_latent)
+
+        def model_fn(x, t, cd):
+            return self.model.apply({"params": params}, x, t, cd, train=False)
+
+        denoise = D.cfg_denoiser(model_fn, cond, uncond, scale=self.guidance_scale,
+                                 rescale=self.guidance_rescale, mode=self.guidance_mode)
+        x0 = D.sample(denoise, x_T, self.schedule, self.sampler, k_loop)
+        if mask is not None:  # paste back the frames that were not to be generated
+            x0 = jnp.where(mask[..., None] > 0.5, x0, masked_latent)
+        return x0
+
+    def generate(self, params, text, text_mask, null_text, null_mask, key, num_frames: int,
+                 masked_latent=None, mask=None):
+        b = text.shape[0]
+        null_text = jnp.broadcast_to(null_text, (b,) + tuple(null_text.shape[-2:]))
+        null_mask = jnp.broadcast_to(null_mask, (b,) + tuple(null_mask.shape[-1:]))
+        return self._jitted(params, jnp.asarray(text), jnp.asarray(text_mask), null_text, null_mask, key,
+                            num_frames=num_frames, masked_latent=masked_latent, mask=mask)
+
+
+def generator_from_config(model: DiT, config, **sampler_overrides) -> Generator:
+    s = config.sampler
+    return Generator(model=model, schedule=schedule_of(config), sampler=sampler_of(config, **sampler_overrides),
+                     guidance_scale=s.guidance_scale, guidance_rescale=s.guidance_rescale,
+                     guidance_mode=s.guidance_mode)
+
+
+def init_params(model: DiT, rng, num_frames: int, context_len: int):
+    """Boxed (logically partitioned) params for a [1, num_frames, C] input and a context of context_len."""
+    c = model.config
+    x = jnp.zeros((1, num_frames, c.in_channels))
+    cond = {}
+    if c.context_dim:
+        cond = {"text": jnp.zeros((1, context_len, c.context_dim)), "text_mask": jnp.ones((1, context_len), bool)}
+    if c.use_mask_input:
+        cond.update(mask=jnp.ones((1, num_frames)), masked_latent=x)
+    return model.init({"params": rng}, x, jnp.zeros((1,), jnp.int32), cond)["params"]
+
+
+def build_task(config, mesh):
+    """Trainer builder (``config.builder = "tta_jax.pipelines.tta:build_task"``): grain loader over
+    ``config.data.precomputed_dir``, the DiT from ``config.model`` and the configured objective."""
+    from data_pipeline.loader import LoaderConfig, make_dataset, read_manifest
+    from tta_jax.train.loop import Task
+
+    data_dir = config.data.precomputed_dir
+    if not data_dir:
+        raise ValueError("config.data.precomputed_dir is empty: run launch.precompute first and point to it")
+    manifest = read_manifest(data_dir)
+    shapes = manifest.get("shapes", {})
+    model = DiT(dit_config_from(config))
+    nproc = jax.process_count()
+    lcfg = LoaderConfig.from_experiment(config.data, config.train.batch_size // nproc, config.seed,
+                                        caption_dropout=config.diffusion.cond_drop_prob)
+    frames = (lcfg.crop_frames or shapes["latent"][0][0]) // int(config.data.patch_frames)
+    text_len = shapes["txt:text"][0][0] if "txt:text" in shapes else 1
+    train_iter = iter(make_dataset(data_dir, lcfg))
+    return Task(init_fn=lambda rng: init_params(model, rng, frames, text_len),
+                loss_fn=make_loss_fn(model, config), train_iter=train_iter)
+
+
+# --------------------------------------------------------------------------------------------------
+# End-to-end sampling: prompts -> text states -> latents -> audio
+# --------------------------------------------------------------------------------------------------
+def text_encoder_from_config(config):
+    """``config.text`` -> callable ``texts -> (states [B, L, D], mask [B, L])``."""
+    name = config.text.get("name", "minilm")
+    if name == "minilm":
+        from tta_jax.text.bert import BertTextEncoder
+
+        return BertTextEncoder.minilm(max_length=int(config.text.get("max_len", 32)))
+    raise ValueError(f"config.text.name={name!r}: only 'minilm' is wired into this pipeline")
+
+
+def codec_from_config(config):
+    """``config.codec`` -> a codec with ``decode(params, latent)``, ``params`` and ``sample_rate``."""
+    name = config.codec.get("name", "mel")
+    if name == "mel":
+        from tta_jax.codecs.mel_codec import load_pretrained_mel_codec
+
+        return load_pretrained_mel_codec()
+    raise ValueError(f"config.codec.name={name!r}: only 'mel' is wired into this pipeline")
+
+
+def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, steps: int | None = None,
+                   guidance: float | None = None, rescale: float | None = None, num_frames: int | None = None):
+    """All prompts in one batched, jitted sampling call -> (latents [N, T, C], audio [N, S], codec)."""
+    from flax.core import meta
+
+    p = int(config.data.patch_frames)
+    model = DiT(dit_config_from(config))
+    gen = generator_from_config(model, config, **({"num_steps": int(steps)} if steps else {}))
+    if guidance is not None:
+        gen.guidance_scale = float(guidance)
+    if rescale is not None:
+        gen.guidance_rescale = float(rescale)
+    enc = text_encoder_from_config(config)
+    text, mask = enc(list(prompts))
+    null, null_mask = enc([""])
+    frames = (num_frames or config.data.crop_frames) // p
+    lat = gen.generate(meta.unbox(params), text, mask, null, null_mask, jax.random.PRNGKey(seed),
+                       num_frames=frames)
+    lat = unpatchify(lat, p)
+    codec = codec_from_config(config)
+    audio = jax.jit(codec.decode)(codec.params, lat)
+    return np.asarray(lat), np.asarray(audio), codec
+
+
+def save_spectrogram_png(path: str, spec: np.ndarray, title: str = "") -> None:
+    """Writes a [T, F] (log-)spectrogram as a PNG, low frequencies at the bottom."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.4))
+    ax.imshow(np.asarray(spec).T, origin="lower", aspect="auto", cmap="magma")
+    ax.set_title(title[:60], fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def file_stem(i: int, prompt: str) -> str:
+    return f"{i:02d}_" + "".join(ch if ch.isalnum() else "_" for ch in prompt)[:48]
+
+
+def sample_pipeline(config, params, prompts, out_dir, *, seed=0, steps=None, guidance=None, rescale=None):
+    """``config.sample_pipeline`` entry for launch/sample.py: a WAV and a spectrogram PNG per prompt."""
+    import os
+
+    import soundfile as sf
+
+    lat, audio, codec = generate_audio(config, params, prompts, seed=seed, steps=steps, guidance=guidance,
+                                       rescale=rescale)
+    paths = []
+    for i, (prompt, a, z) in enumerate(zip(prompts, audio, lat)):
+        stem = os.path.join(out_dir, file_stem(i, prompt))
+        sf.write(stem + ".wav", a, codec.sample_rate)
+        save_spectrogram_png(stem + ".png", z, prompt)
+        paths += [stem + ".wav", stem + ".png"]
+    return paths

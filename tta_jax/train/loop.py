@@ -1,0 +1,288 @@
+"""The train loop: mesh, sharded state, jitted step, checkpoint/resume, guard rails, logging.
+
+Generic over the task. A task (built by ``config.builder``) provides::
+
+    Task(init_fn(rng) -> params (boxed with logical names or plain),
+         loss_fn(params, batch, rng) -> (loss, metrics),
+         train_iter: iterator of host-local numpy batches with get_state()/set_state(),
+         sample_fn(params, step, out_dir) -> dict | None   (optional; EMA params when EMA is on),
+         decay_mask_fn(params) -> bool tree                (optional; default optim.decay_mask))
+
+``train(config, workdir)`` resumes automatically from ``<workdir>/checkpoints`` (state + data iterator
++ RNG), saves every ``train.ckpt_every`` steps (async, keep ``train.keep_ckpts``), on SIGTERM and at the
+end, skips non-finite updates and aborts (``NonFiniteError``) after ``train.max_consecutive_nonfinite``
+in a row without saving -- the last good checkpoint stays the latest. Outputs in ``workdir``:
+``checkpoints/``, ``metrics.jsonl``, ``tb/`` (TensorBoard), ``param_overview.txt``, ``samples/step_N/``.
+
+Notes: ``sample_fn`` runs on every process (params may be sharded across hosts); only process 0 has
+the TensorBoard writer. After a kill, steps between the last checkpoint and the kill are logged again
+in ``metrics.jsonl`` (keep the last record per step). Steps that are skipped as non-finite still
+advance ``state.step`` (the batch was consumed) but not the optimizer.
+
+Plugging in a diffusion system (see tests/test_train_dit.py)::
+
+    def build(config, mesh):
+        model = DiT(DiTConfig.from_dict(config.model))
+        schedule = schedule_from_config(config.diffusion)
+        apply_fn = lambda p, x, t, c, r: model.apply(p, x, t, c, train=True, rngs={"dropout": r})
+        return Task(init_fn=lambda r: model.init(r, x_dummy, t_dummy, cond_dummy),
+                    loss_fn=lambda p, b, r: diffusion_loss(apply_fn, p, b, r, schedule),
+                    train_iter=iter(make_dataset(...)))   # batches regrouped to latent/cond/loss_mask
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import logging
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from tta_jax.nn import sharding as shd
+from tta_jax.train import observe
+from tta_jax.train.checkpoint import Checkpointer
+from tta_jax.train.config import check_batch_vs_mesh, validate_trainer_config
+from tta_jax.train.optim import make_optimizer
+from tta_jax.train.preemption import PreemptionGuard
+from tta_jax.train.state import (TrainState, init_state_sharded, state_shardings, with_shardings)
+from tta_jax.train.step import make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite losses/gradients; the last good checkpoint is untouched."""
+
+
+@dataclasses.dataclass
+class Task:
+    init_fn: Callable[[jax.Array], Any]
+    loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]]
+    train_iter: Any
+    sample_fn: Callable[[Any, int, str], dict | None] | None = None
+    decay_mask_fn: Callable[[Any], Any] | None = None
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: TrainState
+    step: int
+    reason: str            # "done" | "preempted"
+    start_step: int        # step the run started (or resumed) from
+    flops_per_step: float | None
+
+
+def make_mesh_from_config(mcfg, devices=None):
+    """Mesh (data, fsdp, tensor) from ``config.mesh``; one size may be -1 (= remaining devices)."""
+    if devices is None:
+        devices = jax.devices()
+        n = mcfg.get("num_devices", None) if hasattr(mcfg, "get") else None
+        if n:
+            devices = devices[:int(n)]
+    sizes = {ax: int(mcfg[ax]) for ax in ("data", "fsdp", "tensor")}
+    fixed = int(np.prod([v for v in sizes.values() if v != -1]))
+    for ax, v in sizes.items():
+        if v == -1:
+            if len(devices) % fixed:
+                raise ValueError(f"config.mesh: {len(devices)} devices not divisible by the fixed "
+                                 f"axes product {fixed}")
+            sizes[ax] = len(devices) // fixed
+    return shd.make_mesh(sizes["data"], sizes["fsdp"], sizes["tensor"],
+                         devices=np.asarray(devices[:int(np.prod(list(sizes.values())))]))
+
+
+def build_task(config, mesh) -> Task:
+    mod_name, fn_name = config.builder.split(":")
+    fn = getattr(importlib.import_module(mod_name), fn_name)
+    return fn(config, mesh)
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def to_global(batch, mesh):
+    """Host-local numpy batch (nested dicts) -> global jax arrays sharded over (data, fsdp) on the
+    leading dim. String/object entries (captions, keys) are dropped: nothing in the step reads them."""
+    sh = batch_sharding(mesh)
+
+    def conv(x):
+        if isinstance(x, dict):
+            return {k: v for k, v in ((k, conv(v)) for k, v in x.items()) if v is not None}
+        x = np.asarray(x)
+        if x.dtype.kind in "USO":
+            return None
+        return jax.make_array_from_process_local_data(sh, x)
+    return conv(batch)
+
+
+def _compute_dtype(name):
+    return {"": None, None: None, "float32": None, "bfloat16": jnp.bfloat16,
+            "float16": jnp.float16}[name]
+
+
+def _is_primary() -> bool:
+    return jax.process_index() == 0
+
+
+def train(config, workdir: str, task: Task | None = None, *, mesh=None,
+          guard: PreemptionGuard | None = None) -> TrainResult:
+    validate_trainer_config(config, num_processes=jax.process_count())
+    tc = config.train
+    mesh = mesh if mesh is not None else make_mesh_from_config(config.mesh)
+    check_batch_vs_mesh(config, mesh)
+    task = task if task is not None else build_task(config, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    rules = tuple(config.sharding_rules) if config.get("sharding_rules") else shd.DEFAULT_RULES
+    use_ema = tc.ema_decay > 0
+
+    tx, sched = make_optimizer(config.optimizer, tc.total_steps, mask_fn=task.decay_mask_fn)
+    with sharding_context(mesh, rules):
+        abstract, shardings = state_shardings(task.init_fn, tx, mesh, rules, use_ema=use_ema)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.keep_ckpts or None,
+                        async_save=tc.async_ckpt)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, data_state, _ = ckpt.restore(with_shardings(abstract, shardings), latest)
+        task.train_iter.set_state(data_state)
+        log.info("resumed from %s at step %d", ckpt.directory, latest)
+    else:
+        with sharding_context(mesh, rules):
+            state = init_state_sharded(task.init_fn, tx, jax.random.PRNGKey(config.seed), shardings,
+                                       use_ema=use_ema)
+    start = int(state.step)
+
+    overview = observe.param_overview(state.params)
+    log.info("parameters (%d):\n%s", observe.count_params(state.params), overview)
+    jsonl = tb = None
+    if _is_primary():
+        with open(os.path.join(workdir, "param_overview.txt"), "w") as f:
+            f.write(overview + "\n")
+        jsonl = observe.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+        if tc.tensorboard:
+            tb = observe.TensorBoardWriter(os.path.join(workdir, "tb"))
+
+    step_fn = make_train_step(task.loss_fn, tx, lr_schedule=sched,
+                              ema_decay=tc.ema_decay if use_ema else None,
+                              ema_warmup=tc.ema_warmup, microbatches=tc.microbatches,
+                              compute_dtype=_compute_dtype(tc.compute_dtype))
+    replicated = NamedSharding(mesh, P())
+    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sharding(mesh)),
+                     out_shardings=(shardings, replicated), donate_argnums=(0,))
+
+    guard = guard or PreemptionGuard()
+    averager = observe.MetricAverager()
+    compiled = None
+    flops = None
+    reason = "done"
+    last_saved = latest
+    step = start
+    K = tc.max_consecutive_nonfinite
+    prev = None
+
+    def check_streak(metrics, at_step) -> int:
+        streak = int(metrics["nonfinite_streak"])
+        if K and streak >= K:
+            raise NonFiniteError(
+                f"{streak} consecutive non-finite losses/gradients at step {at_step}; aborting. "
+                f"Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
+        return streak
+
+    pbar = None
+    if _is_primary() and tc.progress_bar:
+        from tqdm import tqdm
+        pbar = tqdm(total=tc.total_steps, initial=start, dynamic_ncols=True, desc="train")
+    try:
+        with guard:
+            while step < tc.total_steps:
+                batch = to_global(next(task.train_iter), mesh)
+                if compiled is None:
+                    with sharding_context(mesh, rules):
+                        compiled = jitted.lower(state, batch).compile()
+                    flops = observe.compiled_flops(compiled)
+                    peak = tc.get("peak_flops_per_device", None)
+                    if not peak and tc.measure_peak:
+                        peak = observe.measure_peak_flops()
+                    meter = observe.Throughput(tc.batch_size, flops, peak, mesh.size)
+                    log.info("step FLOPs/device %s, peak FLOP/s/device %s", flops, peak)
+                state, metrics = compiled(state, batch)
+                step += 1
+                meter.tick()
+                averager.update(metrics)
+                # The streak of the *previous* step is read after this step is dispatched, so the
+                # host never waits on the device here (skipped steps leave params unchanged, so
+                # noticing one step late changes nothing).
+                if prev is not None:
+                    check_streak(*prev)
+                prev = (metrics, step)
+                if step % tc.log_every == 0 or step == tc.total_steps:
+                    values = averager.compute()
+                    values.update(meter.measure())
+                    if jsonl is not None:
+                        jsonl.write(step, values)
+                    if tb is not None:
+                        tb.scalars(step, values)
+                    if pbar is not None:
+                        pbar.set_postfix(loss=f"{values.get('loss', float('nan')):.4g}",
+                                         steps_s=f"{values['perf/steps_per_s']:.2f}",
+                                         samples_s=f"{values['perf/samples_per_s']:.1f}",
+                                         tflops=f"{values.get('perf/tflops_per_s_per_device', 0):.3g}",
+                                         mfu=f"{values.get('perf/mfu', float('nan')):.3f}",
+                                         refresh=False)
+                if pbar is not None:
+                    pbar.update(1)
+                if step % tc.ckpt_every == 0 and step != tc.total_steps:
+                    if check_streak(metrics, step) == 0:
+                        ckpt.save(step, state, task.train_iter.get_state(), force=True)
+                        last_saved = step
+                    else:
+                        log.warning("step %d: not checkpointing during a non-finite streak", step)
+                if tc.sample_every and task.sample_fn is not None and step % tc.sample_every == 0:
+                    _run_sampler(task, state, step, workdir, tb)
+                if guard.should_stop(step):
+                    reason = "preempted"
+                    log.warning("preemption: saving step %d and stopping", step)
+                    break
+        if prev is not None:
+            check_streak(*prev)
+        if last_saved != step:
+            ckpt.save(step, state, task.train_iter.get_state(), force=True)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+        if pbar is not None:
+            pbar.close()
+        if jsonl is not None:
+            jsonl.close()
+        if tb is not None:
+            tb.close()
+    return TrainResult(state=state, step=step, reason=reason, start_step=start, flops_per_step=flops)
+
+
+def _run_sampler(task: Task, state: TrainState, step: int, workdir: str, tb) -> None:
+    out_dir = os.path.join(workdir, "samples", f"step_{step}")
+    os.makedirs(out_dir, exist_ok=True)
+    params = state.ema_params if state.ema_params is not None else state.params
+    res = task.sample_fn(params, step, out_dir) or {}
+    if tb is None:
+        return
+    sr = res.get("sample_rate")
+    for i, wav in enumerate(res.get("audio", []) if sr else []):
+        tb.audio(step, f"samples/audio_{i}", wav, sr)
+    for i, spec in enumerate(res.get("spectrograms", [])):
+        tb.spectrogram(step, f"samples/spec_{i}", spec)
+    if res.get("scalars"):
+        tb.scalars(step, res["scalars"])
+
+
+@contextlib.contextmanager
+def sharding_context(mesh, rules):
+    """Mesh + logical axis rules active while tracing (``nn.with_logical_constraint`` needs both)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
