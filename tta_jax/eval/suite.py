@@ -1,0 +1,433 @@
+"""The evaluation suite: loads two sets of clips, embeds them with each backbone, computes the metrics
+and records the full protocol. ``launch/evaluate.py`` is the command-line front end.
+
+Metrics and their backbones (pinned; named in every report):
+
+| metric | backbone | input |
+|---|---|---|
+| FD, KID | PANNs CNN14 16 kHz (``Cnn14_16k_mAP=0.438.pth``), 2048-d embedding | 16 kHz |
+| KL (softmax, sigmoid), IS | same model, 527 AudioSet logits; KL pairs clips by file name | 16 kHz |
+| FAD | VGGish (torchvggish ``vggish-10086976.pth``), 128-d per 0.96 s patch, no final ReLU, no PCA | 16 kHz |
+| CLAP | LAION CLAP (``larger_clap_general``), text-audio cosine | 48 kHz |
+| CLAP_A | same, generated-vs-reference audio cosine (paired by name) | 48 kHz |
+| in-domain acc / FD | :mod:`tta_jax.eval.indomain` (embedded demo dataset only) | 22.05 kHz |
+
+A backbone whose weights are absent is skipped with the reason recorded; the rest still runs.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from tta_jax.eval import metrics as M
+
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
+WEIGHTS_ENV = "TTA_JAX_EVAL_WEIGHTS"
+DEFAULT_FILES = {"cnn14": "Cnn14_16k_mAP=0.438.pth", "vggish": "vggish-10086976.pth", "clap": "larger_clap_general"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Clip sets
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ClipSet:
+    """Named mono clips at their native rate; optional captions / label rows keyed by name (stem)."""
+
+    names: list  # file stems, unique
+    audio: list  # list of float32 [T]
+    sample_rates: list
+    source: str
+    captions: dict = dataclasses.field(default_factory=dict)
+    rows: dict = dataclasses.field(default_factory=dict)
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def at(self, sr: int) -> list:
+        """All clips resampled to ``sr`` (cached)."""
+        if sr not in self._cache:
+            from tta_jax.audio.io import resample
+
+            self._cache[sr] = [resample(a, s, sr) for a, s in zip(self.audio, self.sample_rates)]
+        return self._cache[sr]
+
+    def __len__(self):
+        return len(self.names)
+
+
+def _read_metadata(directory: str) -> tuple[dict, dict]:
+    """captions / rows by stem from ``metadata.csv`` (path/key + caption) or ``captions.json``/``.jsonl``."""
+    caps, rows = {}, {}
+    for base in (directory, os.path.dirname(os.path.normpath(directory))):
+        meta = os.path.join(base, "metadata.csv")
+        if os.path.exists(meta):
+            with open(meta, newline="") as f:
+                for r in csv.DictReader(f):
+                    key = os.path.splitext(os.path.basename(r.get("path") or r.get("file") or r.get("key", "")))[0]
+                    if key:
+                        rows[key] = r
+                        if r.get("caption"):
+                            caps[key] = r["caption"]
+            break
+    return caps, rows
+
+
+def read_captions(path: str) -> dict:
+    """Captions file: CSV with (path|file|key|name, caption) columns, JSON {name: caption}, or JSONL."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"captions file not found: {path}")
+    out = {}
+    stem = lambda s: os.path.splitext(os.path.basename(str(s)))[0]  # noqa: E731
+    if path.endswith(".json"):
+        with open(path) as f:
+            return {stem(k): v for k, v in json.load(f).items()}
+    if path.endswith(".jsonl"):
+        with open(path) as f:
+            for i, line in enumerate(f):
+                if line.strip():
+                    r = json.loads(line)
+                    name = r.get("path") or r.get("file") or r.get("key") or r.get("name")
+                    if name is None or "caption" not in r:
+                        raise ValueError(f"{path}:{i + 1}: need a path/file/key/name and a caption field")
+                    out[stem(name)] = r["caption"]
+        return out
+    with open(path, newline="") as f:
+        for i, r in enumerate(csv.DictReader(f)):
+            name = r.get("path") or r.get("file") or r.get("key") or r.get("name")
+            if name is None or "caption" not in r:
+                raise ValueError(f"{path}: row {i + 1} needs a path/file/key/name column and a caption column")
+            out[stem(name)] = r["caption"]
+    return out
+
+
+def load_folder(directory: str, limit: int | None = None) -> ClipSet:
+    """All audio files of a folder (recursively if it has an ``audio/`` subfolder), sorted by name."""
+    from tta_jax.audio.io import load_audio
+
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"audio folder not found: {directory}")
+    root = os.path.join(directory, "audio") if os.path.isdir(os.path.join(directory, "audio")) else directory
+    files = sorted(f for f in os.listdir(root) if f.lower().endswith(AUDIO_EXTS))
+    if not files:
+        raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_EXTS)}) in {root}")
+    if limit:
+        files = files[:limit]
+    names, audio, srs = [], [], []
+    for f in files:
+        stem = os.path.splitext(f)[0]
+        if stem in names:
+            raise ValueError(f"{root}: two files share the name {stem!r}; names must be unique to pair clips")
+        a, sr = load_audio(os.path.join(root, f))
+        names.append(stem)
+        audio.append(a)
+        srs.append(sr)
+    caps, rows = _read_metadata(root)
+    return ClipSet(names, audio, srs, os.path.abspath(directory), caps, rows)
+
+
+def load_embedded(spec: str = "embedded", split: str = "test", limit: int | None = None) -> ClipSet:
+    """``embedded[:NUM_CLIPS[:SEED]]``: the rendered split of the embedded demo dataset."""
+    from data_pipeline import embedded as E
+
+    parts = spec.split(":")
+    cfg = E.EmbeddedConfig(num_clips=int(parts[1]) if len(parts) > 1 else E.EmbeddedConfig.num_clips,
+                           seed=int(parts[2]) if len(parts) > 2 else 0)
+    table = E._split_table(cfg.num_clips, cfg.seed, cfg.valid_frac, cfg.test_frac)
+    idx = [i for i, s in enumerate(table) if s == split][: limit or None]
+    names, audio, rows, caps = [], [], {}, {}
+    for row, a in E.iter_embedded(cfg, indices=idx):
+        names.append(row["key"])
+        audio.append(a)
+        rows[row["key"]] = row
+        caps[row["key"]] = row["caption"]
+    src = f"data_pipeline.embedded(num_clips={cfg.num_clips}, seed={cfg.seed}, split={split})"
+    return ClipSet(names, audio, [cfg.sample_rate] * len(names), src, caps, rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Backbones
+# --------------------------------------------------------------------------------------------------
+def sha256_of(path: str) -> str:
+    """sha256 of a file, or of the sorted weight files of a directory."""
+    h = hashlib.sha256()
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(path, f) for f in os.listdir(path)
+        if f.endswith((".safetensors", ".bin", ".pth", ".pt", ".ckpt")))
+    for fp in files:
+        with open(fp, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_weights(name: str, explicit: str | None) -> tuple[str | None, str]:
+    """(path or None, how it was looked for)."""
+    if explicit:
+        return (explicit if os.path.exists(explicit) else None), f"--{name} {explicit}"
+    root = os.environ.get(WEIGHTS_ENV, os.path.expanduser("~/.cache/tta_jax/eval_weights"))
+    p = os.path.join(root, DEFAULT_FILES[name])
+    return (p if os.path.exists(p) else None), f"{p} (set --{name} or ${WEIGHTS_ENV})"
+
+
+def _group_by_length(clips: Sequence[np.ndarray]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(clips):
+        groups.setdefault(len(c), []).append(i)
+    return groups
+
+
+def embed_batched(fn: Callable, clips: Sequence[np.ndarray], batch: int = 8) -> list:
+    """Runs ``fn([B, T]) -> pytree`` on equal-length groups; returns per-clip outputs in input order."""
+    import jax
+
+    out: list = [None] * len(clips)
+    for _, idx in sorted(_group_by_length(clips).items()):
+        for s in range(0, len(idx), batch):
+            sel = idx[s:s + batch]
+            x = np.stack([clips[i] for i in sel]).astype(np.float32)
+            if len(idx) > batch and len(sel) < batch:  # pad the last batch: one compile per clip length
+                x = np.concatenate([x, np.zeros((batch - len(sel),) + x.shape[1:], np.float32)], 0)
+            r = jax.tree.map(np.asarray, fn(x))
+            for j, i in enumerate(sel):
+                out[i] = jax.tree.map(lambda x: x[j], r)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Suite
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class SuiteConfig:
+    cnn14: str | None = None
+    vggish: str | None = None
+    clap: str | None = None
+    captions: str | None = None
+    indomain: bool | None = None  # None: on when the reference is the embedded dataset
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    is_splits: int = 10
+    seed: int = 2020
+    batch: int = 8
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for p in ("tta_jax", "jax", "flax", "numpy", "scipy", "librosa", "soxr", "torch", "transformers"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=print) -> dict:
+    """Computes every metric it can; returns the report dict (protocol, metrics, skipped)."""
+    t0 = time.time()
+    gi, ri, missing = M.pair_by_name(gen.names, ref.names)
+    metrics: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    backbones: dict[str, Any] = {}
+    captions = dict(ref.captions)
+    captions.update(gen.captions)
+    if cfg.captions:
+        captions.update(read_captions(cfg.captions))
+    protocol = {
+        "generated": {"source": gen.source, "clips": len(gen)},
+        "reference": {"source": ref.source, "clips": len(ref)},
+        "pairing": {"rule": "file stem", "pairs": len(gi), "reference_without_generated": len(missing)},
+        "captions": {"source": cfg.captions or ("metadata of the folders" if captions else None),
+                     "choice": "one caption per clip, as given by name (no random re-draw)",
+                     "available_for_generated": sum(n in captions for n in gen.names)},
+        "kid": {"subsets": cfg.kid_subsets, "subset_size": min(cfg.kid_subset_size, len(gen), len(ref)),
+                "degree": 3, "gamma": "1/D", "coef0": 1, "seed": cfg.seed},
+        "inception_score": {"splits": min(cfg.is_splits, len(gen)), "shuffle_seed": cfg.seed},
+        "kl": {"direction": "KL(reference || generated)", "eps": 1e-6, "pairing": "file stem"},
+    }
+
+    # ---- PANNs CNN14: FD, KID, KL, IS
+    path, how = resolve_weights("cnn14", cfg.cnn14)
+    if path is None:
+        for k in ("fd_panns", "kid_panns", "kl_softmax", "kl_sigmoid", "is_panns"):
+            skipped[k] = f"PANNs CNN14 weights not found at {how}"
+    else:
+        from tta_jax.eval import panns
+
+        log(f"[evaluate] PANNs CNN14 from {path}")
+        fn = panns.make_embed_fn(panns.load_cnn14(path))
+        fg = embed_batched(fn, gen.at(16000), cfg.batch)
+        fr = embed_batched(fn, ref.at(16000), cfg.batch)
+        eg, er = np.stack([o["embedding"] for o in fg]), np.stack([o["logits"] for o in fg])
+        rg, rr = np.stack([o["embedding"] for o in fr]), np.stack([o["logits"] for o in fr])
+        backbones["panns_cnn14"] = {"checkpoint": os.path.abspath(path), "sha256": sha256_of(path),
+                                    "sample_rate": 16000, "front_end": "STFT 512 / hop 160 / 64 mel 50-8000 Hz",
+                                    "features": "2048-d embedding (FD, KID), 527 logits (KL, IS)"}
+        _try(metrics, skipped, "fd_panns", lambda: M.frechet_distance(eg, rg))
+        _try(metrics, skipped, "kid_panns", lambda: M.kernel_distance(
+            eg, rg, subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed))
+        if gi:
+            kl = M.kl_divergence(er, rr, gen.names, ref.names)
+            metrics.update(kl_softmax=kl["kl_softmax"], kl_sigmoid=kl["kl_sigmoid"])
+        else:
+            skipped["kl_softmax"] = skipped["kl_sigmoid"] = "no generated file name matches a reference name"
+        _try(metrics, skipped, "is_panns", lambda: M.inception_score(
+            er, splits=min(cfg.is_splits, len(er)), seed=cfg.seed))
+
+    # ---- VGGish: FAD
+    path, how = resolve_weights("vggish", cfg.vggish)
+    if path is None:
+        skipped["fad_vggish"] = f"VGGish weights not found at {how}"
+    else:
+        from tta_jax.eval import vggish
+
+        log(f"[evaluate] VGGish from {path}")
+        fn = vggish.make_embed_fn(vggish.load_vggish(path))
+        vg = np.concatenate(embed_batched(fn, _min_len(gen.at(16000), 15600), cfg.batch), 0)
+        vr = np.concatenate(embed_batched(fn, _min_len(ref.at(16000), 15600), cfg.batch), 0)
+        backbones["vggish"] = {"checkpoint": os.path.abspath(path), "sha256": sha256_of(path), "sample_rate": 16000,
+                               "features": "128-d per 0.96 s patch, no final ReLU, no PCA (audioldm_eval FAD)",
+                               "patches": [int(len(vg)), int(len(vr))]}
+        _try(metrics, skipped, "fad_vggish", lambda: M.frechet_audio_distance(vg, vr))
+
+    # ---- CLAP: CLAP score, CLAP_A
+    path, how = resolve_weights("clap", cfg.clap)
+    if path is None:
+        skipped["clap"] = skipped["clap_a"] = f"CLAP checkpoint directory not found at {how}"
+    else:
+        try:
+            from tta_jax.eval.clap import CLAP_SR, ClapEmbedder
+
+            log(f"[evaluate] CLAP from {path}")
+            clap = ClapEmbedder.from_pretrained(path)
+            ag = clap.embed_audio(gen.at(CLAP_SR), CLAP_SR, cfg.batch)
+            backbones["clap"] = {"checkpoint": os.path.abspath(path), "sha256": sha256_of(path),
+                                 "sample_rate": CLAP_SR, "runtime": "transformers.ClapModel (PyTorch)",
+                                 "crop": "first 10 s, repeat-pad shorter clips"}
+            with_cap = [i for i, n in enumerate(gen.names) if n in captions]
+            if with_cap:
+                te = clap.embed_text([captions[gen.names[i]] for i in with_cap])
+                metrics["clap"] = M.clap_score(te, ag[with_cap])
+                metrics["clap_clips"] = len(with_cap)
+            else:
+                skipped["clap"] = "no captions for the generated clips (give --captions or a metadata.csv)"
+            if gi:
+                ar = clap.embed_audio([ref.at(CLAP_SR)[i] for i in ri], CLAP_SR, cfg.batch)
+                metrics["clap_a"] = M.clap_audio_score(ag[gi], ar)
+            else:
+                skipped["clap_a"] = "no generated file name matches a reference name"
+        except Exception as e:  # noqa: BLE001 - report and go on
+            skipped.setdefault("clap", f"CLAP failed: {type(e).__name__}: {e}")
+            skipped.setdefault("clap_a", skipped["clap"])
+
+    # ---- in-domain evaluator (embedded demo dataset)
+    want_indomain = cfg.indomain if cfg.indomain is not None else ref.source.startswith("data_pipeline.embedded")
+    if want_indomain:
+        _indomain(gen, ref, gi, ri, metrics, skipped, backbones, log)
+
+    return {"metrics": metrics, "skipped": skipped, "protocol": dict(protocol, backbones=backbones),
+            "versions": versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.time() - t0, 1)}
+
+
+def _min_len(clips, n):
+    return [np.pad(c, (0, max(0, n - len(c)))) for c in clips]
+
+
+def _try(metrics, skipped, name, fn):
+    try:
+        r = fn()
+        if isinstance(r, dict):
+            metrics.update({f"{name}_{k.split('_')[-1]}" if k.endswith(("mean", "std")) else k: v
+                            for k, v in r.items()})
+        else:
+            metrics[name] = r
+    except ValueError as e:
+        skipped[name] = str(e)
+
+
+def _indomain(gen, ref, gi, ri, metrics, skipped, backbones, log):
+    from tta_jax.eval import indomain as I
+
+    try:
+        ev = I.get_or_train()
+    except Exception as e:  # noqa: BLE001
+        skipped["indomain"] = f"in-domain evaluator unavailable: {type(e).__name__}: {e}"
+        return
+    log("[evaluate] in-domain evaluator")
+    mg = I.logmel(np.stack(_fix_len(gen.at(I.SAMPLE_RATE))))
+    mr = I.logmel(np.stack(_fix_len(ref.at(I.SAMPLE_RATE))))
+    backbones["indomain"] = {"model": "tta_jax.eval.indomain.InDomainNet", "sample_rate": I.SAMPLE_RATE,
+                             "front_end": "80-bin log-mel, hop 256 (HIFIGAN_22K)", **ev.info}
+    og, orf = ev.predict(mg), ev.predict(mr)
+    rows = [ref.rows.get(gen.names[i]) or gen.rows.get(gen.names[i]) for i in gi]
+    if gi and all(rows):
+        labels = I.labels_from_rows(rows)
+        acc = I.accuracy({k: v[gi] for k, v in og.items()}, labels)
+        metrics.update({f"indomain_{k}": v for k, v in acc.items()})
+        ref_acc = I.accuracy({k: v[ri] for k, v in orf.items()}, labels)
+        metrics.update({f"indomain_reference_{k}": v for k, v in ref_acc.items() if k != "n"})
+    else:
+        skipped["indomain_acc"] = "generated clips are not named after labelled reference clips"
+    try:
+        metrics["indomain_fd"] = M.frechet_distance(og["embedding"], orf["embedding"])
+        half = len(mr) // 2
+        if half >= 2:
+            metrics["indomain_fd_real_vs_real"] = M.frechet_distance(orf["embedding"][:half], orf["embedding"][half:])
+    except ValueError as e:
+        skipped["indomain_fd"] = str(e)
+
+
+def _fix_len(clips, seconds: float = 4.0, sr: int = 22050):
+    n = int(seconds * sr)
+    return [np.pad(c, (0, max(0, n - len(c))))[:n] for c in clips]
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+_NAMES = {"fd_panns": "FD (PANNs CNN14)", "kid_panns_mean": "KID mean (PANNs)", "kid_panns_std": "KID std (PANNs)",
+          "kl_softmax": "KL softmax (PANNs)", "kl_sigmoid": "KL sigmoid (PANNs)", "is_panns_mean": "IS mean (PANNs)",
+          "is_panns_std": "IS std (PANNs)", "fad_vggish": "FAD (VGGish)", "clap": "CLAP score (LAION CLAP)",
+          "clap_a": "CLAP_A (LAION CLAP)"}
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    p = report["protocol"]
+    lines = ["# Evaluation report", "",
+             f"- generated: `{p['generated']['source']}` ({p['generated']['clips']} clips)",
+             f"- reference: `{p['reference']['source']}` ({p['reference']['clips']} clips)",
+             f"- pairs by {p['pairing']['rule']}: {p['pairing']['pairs']}",
+             f"- captions: {p['captions']['source']} ({p['captions']['choice']}); "
+             f"{p['captions']['available_for_generated']} generated clips have one",
+             f"- date: {report['date']}, {report['seconds']} s", "", "| metric | value |", "|---|---|"]
+    for k, v in report["metrics"].items():
+        lines.append(f"| {_NAMES.get(k, k)} | {v:.6g} |" if isinstance(v, float) else f"| {_NAMES.get(k, k)} | {v} |")
+    if report["skipped"]:
+        lines += ["", "## Skipped", ""] + [f"- **{k}**: {v}" for k, v in report["skipped"].items()]
+    lines += ["", "## Backbones", ""]
+    for k, v in p["backbones"].items():
+        lines.append(f"- **{k}**: " + ", ".join(f"{a}={b}" for a, b in v.items()))
+    if not p["backbones"]:
+        lines.append("- none available")
+    lines += ["", "## Protocol", "", "```json", json.dumps({k: v for k, v in p.items() if k != "backbones"}, indent=1),
+              "```", "", "## Versions", "", ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Mapping[str, Any], out: str) -> tuple[str, str]:
+    """Writes ``out`` (JSON) and the Markdown next to it (same stem, ``.md``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1, default=float)
+    md = os.path.splitext(out)[0] + ".md"
+    with open(md, "w") as f:
+        f.write(to_markdown(report))
+    return out, md
