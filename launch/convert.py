@@ -15,13 +15,9 @@ Families: ezaudio_dit, diffusers_unet, oobleck, kl_vae, hifigan, bigvgan, bert, 
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from typing import Any, Callable
-
-import numpy as np
 from absl import app, flags
+
+from tta_jax.convert.registry import FAMILIES, convert, parse_config  # noqa: F401  (re-exported)
 
 _FAMILY = flags.DEFINE_string("family", None, "model family (see module docstring)", required=True)
 _SRC = flags.DEFINE_string("src", None, "checkpoint file or folder", required=True)
@@ -29,134 +25,6 @@ _CONFIG = flags.DEFINE_string("config", "", "JSON config (inline or path to .jso
 _OUT = flags.DEFINE_string("out", None, "output directory", required=True)
 _FORMAT = flags.DEFINE_enum("format", "safetensors", ["safetensors", "orbax"], "output format")
 _PARTIAL = flags.DEFINE_bool("allow_partial", False, "report problems instead of refusing a partial load")
-
-
-def _dit(src, cfg, strict):
-    from tta_jax.convert.ezaudio_dit import load_ezaudio_dit
-    from tta_jax.denoisers.dit import PRESETS, DiTConfig
-
-    cfg = dict(cfg or {})
-    preset = cfg.pop("preset", None)
-    dcfg = PRESETS[preset](**cfg) if preset else DiTConfig.from_dict(cfg)
-    out, _ = load_ezaudio_dit(src, dcfg, strict=strict)
-    return out["params"], dcfg.to_dict()
-
-
-def _unet(src, cfg, strict):
-    from tta_jax.convert.diffusers_unet import load_diffusers_unet
-
-    _, params, _ = load_diffusers_unet(src, strict=strict, **dict(cfg or {}))
-    with open(os.path.join(src, "config.json")) as f:
-        return params, json.load(f)
-
-
-def _oobleck(src, cfg, strict):
-    from tta_jax.convert.oobleck import load_oobleck
-
-    return load_oobleck(src, cfg or "ezaudio_24k", strict=strict), cfg or "ezaudio_24k"
-
-
-def _kl_vae(src, cfg, strict):
-    from tta_jax.convert.kl_vae import load_kl_vae
-
-    return load_kl_vae(src, cfg or "sd_v1_5", strict=strict), cfg or "sd_v1_5"
-
-
-def _hifigan(src, cfg, strict):
-    import dataclasses
-
-    from tta_jax.convert.hifigan import load_hifigan
-
-    _, params, hcfg = load_hifigan(src, strict=strict)
-    return params, dataclasses.asdict(hcfg) if dataclasses.is_dataclass(hcfg) else str(hcfg)
-
-
-def _bigvgan(src, cfg, strict):
-    import dataclasses
-
-    from tta_jax.convert.bigvgan import load_bigvgan
-
-    _, params, bcfg = load_bigvgan(src, strict=strict)
-    return params, dataclasses.asdict(bcfg) if dataclasses.is_dataclass(bcfg) else str(bcfg)
-
-
-def _bert(src, cfg, strict):
-    from tta_jax.text.bert import load_bert
-
-    _, params = load_bert(src, strict=strict)
-    with open(os.path.join(src, "config.json")) as f:
-        return params, json.load(f)
-
-
-def _text(loader_name):
-    def fn(src, cfg, strict):
-        import dataclasses
-
-        from tta_jax.convert import text_encoders as T
-
-        tcfg, params = getattr(T, loader_name)(src)
-        return params, dataclasses.asdict(tcfg) if dataclasses.is_dataclass(tcfg) else str(tcfg)
-
-    return fn
-
-
-FAMILIES: dict[str, Callable[[str, Any, bool], tuple[Any, Any]]] = {
-    "ezaudio_dit": _dit, "diffusers_unet": _unet, "oobleck": _oobleck, "kl_vae": _kl_vae,
-    "hifigan": _hifigan, "bigvgan": _bigvgan, "bert": _bert, "t5": _text("load_t5_dir"),
-    "clip_text": _text("load_clip_text_dir"), "clap_text": _text("load_clap_text_dir"),
-}
-
-
-def parse_config(text: str) -> Any:
-    if not text:
-        return None
-    if os.path.exists(text):
-        with open(text) as f:
-            return json.load(f)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--config is neither a file nor valid JSON: {e}") from e
-
-
-def _sha256(path: str) -> str:
-    if os.path.isdir(path):
-        return "folder"
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def convert(family: str, src: str, config: Any, out: str, *, fmt: str = "safetensors",
-            strict: bool = True) -> str:
-    """Converts and writes; returns the path of the written params."""
-    from tta_jax.convert.common import flatten_params, unbox
-
-    if family not in FAMILIES:
-        raise ValueError(f"unknown --family {family!r}; expected one of {sorted(FAMILIES)}")
-    if not os.path.exists(src):
-        raise FileNotFoundError(f"--src {src} does not exist")
-    params, used_cfg = FAMILIES[family](src, config, strict)
-    params = unbox(params)
-    os.makedirs(out, exist_ok=True)
-    if fmt == "safetensors":
-        from safetensors.numpy import save_file
-
-        flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten_params(params).items()}
-        path = os.path.join(out, "params.safetensors")
-        save_file(flat, path)
-    else:
-        import orbax.checkpoint as ocp
-
-        path = os.path.join(os.path.abspath(out), "params")
-        ocp.PyTreeCheckpointer().save(path, params, force=True)
-    meta = dict(family=family, source=os.path.abspath(src), source_sha256=_sha256(src), config=used_cfg,
-                format=fmt)
-    with open(os.path.join(out, "conversion.json"), "w") as f:
-        json.dump(meta, f, indent=1, default=str)
-    return path
 
 
 def main(argv):

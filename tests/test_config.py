@@ -59,12 +59,12 @@ def test_unknown_key_in_file_is_rejected_with_hint():
 
 
 def test_absl_config_flags_overrides(cfg_path):
-    argv = ["prog", f"--config={cfg_path}", "--config.optimizer.lr=0.5", "--config.train.num_steps=7"]
+    argv = ["prog", f"--config={cfg_path}", "--config.optimizer.lr=0.5", "--config.train.total_steps=7"]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", default=None, flag_values=fv, sys_argv=argv)
     fv(argv)
     cfg = validate_config(fv.config)
-    assert cfg.optimizer.lr == 0.5 and cfg.train.num_steps == 7 and cfg.name == "toy"
+    assert cfg.optimizer.lr == 0.5 and cfg.train.total_steps == 7 and cfg.name == "toy"
     argv2 = ["prog", f"--config={cfg_path}", "--config.train.nope=1"]
     fv2 = flags.FlagValues()
     config_flags.DEFINE_config_file("config", default=None, flag_values=fv2, sys_argv=argv2)

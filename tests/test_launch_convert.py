@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from launch.convert import convert, parse_config
+from tta_jax.convert.registry import convert, parse_config
 from tta_jax.convert.common import ConversionError, flatten_params
 from tta_jax.text.bert import load_bert, minilm_dir
 
