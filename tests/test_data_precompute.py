@@ -85,7 +85,7 @@ def _child(out, raw, throttle):
 
 
 def test_sigkill_then_resume_equals_uninterrupted(raw_dir, tmp_path):
-    from launch import precompute as cli
+    from data_pipeline import build as cli
     from data_pipeline.precompute_config import get_config
 
     # uninterrupted reference, in-process, with exactly the CLI's config
