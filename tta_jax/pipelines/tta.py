@@ -168,10 +168,24 @@ class Generator:
     def generate(self, params, text, text_mask, null_text, null_mask, key, num_frames: int,
                  masked_latent=None, mask=None):
         b = text.shape[0]
+        text, text_mask = jnp.asarray(text), jnp.asarray(text_mask)
         null_text = jnp.broadcast_to(null_text, (b,) + tuple(null_text.shape[-2:]))
         null_mask = jnp.broadcast_to(null_mask, (b,) + tuple(null_mask.shape[-1:]))
-        return self._jitted(params, jnp.asarray(text), jnp.asarray(text_mask), null_text, null_mask, key,
+        # one batched CFG call needs equal lengths: pad the shorter context with masked-out zeros
+        length = max(text.shape[1], null_text.shape[1])
+        text, text_mask = _pad_context(text, text_mask, length)
+        null_text, null_mask = _pad_context(null_text, null_mask, length)
+        return self._jitted(params, text, text_mask, null_text, null_mask, key,
                             num_frames=num_frames, masked_latent=masked_latent, mask=mask)
+
+
+def _pad_context(states, mask, length: int):
+    """[B, L, D], [B, L] -> [B, length, D], [B, length] (zeros, mask False past L)."""
+    pad = length - states.shape[1]
+    if pad <= 0:
+        return states, mask
+    return (jnp.pad(states, ((0, 0), (0, pad), (0, 0))),
+            jnp.pad(mask.astype(bool), ((0, 0), (0, pad)), constant_values=False))
 
 
 def generator_from_config(model: DiT, config, **sampler_overrides) -> Generator:

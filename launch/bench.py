@@ -1,0 +1,616 @@
+"""Benchmarks: JAX vs PyTorch for the denoisers (train step, 100-step DDIM + CFG sampling), matmul peak,
+data loader.
+
+  python -m launch.bench {all,dit,unet,data,peak} [--json out.json] [--quick] [--repeats N]
+                         [--xla_flags "..."] [--threads N]
+
+What is measured (every number is the **median** of ``--repeats`` timed runs after warm-up/compile):
+
+- ``peak``: float32 ``jnp.dot`` / ``torch.mm`` of two n x n matrices -> FLOP/s (2 n^3 / time). The JAX
+  figure is "the machine's matmul peak" that the "% of peak" columns use.
+- ``dit``: EzAudio-DiT (``tta_jax.denoisers.dit``) at a CPU-sized config vs the same function in PyTorch
+  (``benchmarks/torch_dit.py``, on the official state-dict names; our params come from the EzAudio
+  converter, so both compute the same function -- a forward parity check is reported as ``max_rel_err``).
+  * train: one optimizer step (v-prediction MSE, zero-terminal-SNR scaled_linear schedule, AdamW).
+    JAX: ``make_train_step`` (EMA off), ``jax.jit`` with the state donated; torch: eager forward,
+    backward, ``torch.optim.AdamW``.
+  * sample: 100 DDIM steps (eta 1, trailing) with CFG 5 / rescale 0.75, cond and uncond batched in one
+    model call. JAX: one ``jit`` around ``D.sample`` (a ``lax.scan``); torch: diffusers ``DDIMScheduler``
+    loop under ``torch.inference_mode``.
+- ``unet``: Tango-layout U-Net (``tta_jax.denoisers.unet``) vs diffusers ``UNet2DConditionModel`` with
+  the same weights (``tta_jax.convert.diffusers_unet``), same two tasks.
+- ``data``: ``launch.bench_data`` (embedded render, precompute, grain loader).
+
+FLOPs come from XLA's ``cost_analysis`` of the compiled JAX program (train step; one CFG model call x
+the number of sampling steps) and the same count is used for torch. "% of peak" = achieved FLOP/s /
+measured JAX matmul FLOP/s.
+
+Knobs (documented for the record): ``--xla_flags`` is prepended to ``XLA_FLAGS`` before jax is imported
+(e.g. ``--xla_cpu_multi_thread_eigen=true``); ``--threads`` sets ``torch.set_num_threads`` (default:
+all cores) -- JAX's CPU client always uses all cores. ``--attention {auto,xla,einsum}`` picks our
+attention backend. ``OMP_WAIT_POLICY=PASSIVE`` is set (unless already set) before torch is imported:
+with libgomp's default spin-waiting barriers a 2-thread torch on a loaded (oversubscribed) machine ran
+~1000x slower. The machine may be shared: the JSON records the load average before/after.
+
+Findings on the 2-core dev machine (jax 0.10.2 CPU; details in the lead's report):
+- JAX sampling (forward only, one jit + scan) beats eager torch; the JAX *train* step does not: the
+  backward of the DiT costs ~12x its forward under XLA CPU (torch: ~3x). Bisecting a depth-2 DiT grad:
+  turning off the per-head QK LayerNorm halves it (2.0 s -> 1.0 s), the fused ``dot_product_attention``
+  backward is ~7x its forward, exact-erf GELU backward ~12x its forward; the einsum attention backend
+  is only slightly better for training (1.76 s vs 2.0 s) and 3x slower for sampling. Convolutions and
+  dense layers are not the problem. Model-side change worth trying: a QK-norm written as plain
+  ``(x - mean) * rsqrt(var + eps)`` on [B, L, H, hd] with the scale/bias applied after the head merge
+  (or RMS-style), and a tanh-GELU option.
+- XLA compile time dominates short runs (tiny DiT train step: ~45 s under load; tiny U-Net: ~3 min).
+  ``--xla_backend_optimization_level=0`` / ``--xla_llvm_disable_expensive_passes=true`` did not help.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+TARGETS = {"train_speedup": 1.5, "sample_speedup": 2.0, "dit_train_pct_peak": 50.0}
+SCALE, RESCALE = 5.0, 0.75            # EzAudio sampling defaults
+
+
+# ----------------------------------------------------------------------------- sizes
+@dataclasses.dataclass(frozen=True)
+class DiTBench:
+    width: int = 256
+    depth: int = 6
+    num_heads: int = 4
+    channels: int = 128
+    context_dim: int = 256
+    sola_rank: int = 16
+    frames: int = 200            # 4 s of 50 Hz latents
+    context_len: int = 77
+    batch: int = 4
+    sample_batch: int = 1
+    steps: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetBench:
+    block_out_channels: tuple = (32, 64, 128, 128)
+    heads: tuple = (1, 1, 2, 2)           # Tango pattern: head dim 64 -> channels // 64 (>= 1)
+    layers_per_block: int = 1              # Tango: 2 (1 halves the ~minutes-long XLA CPU compile here)
+    norm_num_groups: int = 32
+    channels: int = 8
+    cross_dim: int = 256                   # Tango: 1024 (FLAN-T5-large)
+    height: int = 64                       # time axis (Tango: 256 for 10.24 s)
+    width: int = 16                        # mel axis / 4
+    context_len: int = 77
+    batch: int = 4
+    sample_batch: int = 1
+    steps: int = 100
+
+
+QUICK_DIT = DiTBench(width=32, depth=2, num_heads=2, channels=8, context_dim=16, sola_rank=4, frames=16,
+                     context_len=6, batch=2, sample_batch=1, steps=4)
+QUICK_UNET = UNetBench(block_out_channels=(32, 64), heads=(1, 2), layers_per_block=1, norm_num_groups=8,
+                       channels=4, cross_dim=16, height=16, width=8, context_len=6, batch=2, sample_batch=1,
+                       steps=4)
+
+
+# ----------------------------------------------------------------------------- helpers
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Runs ``fn`` ``warmup`` times, then ``repeats`` timed times; (median seconds, all times)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu_model": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "loadavg_start": list(os.getloadavg())}
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for p in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "diffusers"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def _row(model, task, jax_s, torch_s, flops, peak, jax_times, torch_times, **extra) -> dict:
+    r = {"model": model, "task": task, "jax_s": jax_s, "torch_s": torch_s,
+         "speedup": (torch_s / jax_s) if (jax_s and torch_s) else None, "flops": flops,
+         "jax_flops_per_s": flops / jax_s if flops else None,
+         "torch_flops_per_s": flops / torch_s if flops and torch_s else None,
+         "jax_times": jax_times, "torch_times": torch_times}
+    r["jax_pct_peak"] = 100 * r["jax_flops_per_s"] / peak if peak and r["jax_flops_per_s"] else None
+    r["torch_pct_peak"] = 100 * r["torch_flops_per_s"] / peak if peak and r["torch_flops_per_s"] else None
+    r.update(extra)
+    return r
+
+
+def _flops(compiled) -> float | None:
+    from tta_jax.train.observe import compiled_flops
+
+    return compiled_flops(compiled)
+
+
+# ----------------------------------------------------------------------------- peak
+def bench_peak(n: int = 2048, repeats: int = 5) -> dict:
+    """float32 n x n matmul FLOP/s in JAX (jit jnp.dot) and torch (torch.mm)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    f = jax.jit(jnp.dot)
+    tj, tjs = median_time(lambda: f(ja, jb).block_until_ready(), repeats, warmup=2)
+    ta_, tb_ = torch.from_numpy(a), torch.from_numpy(b)
+    tt, tts = median_time(lambda: torch.mm(ta_, tb_), repeats, warmup=2)
+    fl = 2.0 * n ** 3
+    return {"n": n, "jax_flops_per_s": fl / tj, "torch_flops_per_s": fl / tt,
+            "jax_best_flops_per_s": fl / min(tjs), "torch_best_flops_per_s": fl / min(tts),
+            "jax_times": tjs, "torch_times": tts}
+
+
+# ----------------------------------------------------------------------------- shared JAX/torch tasks
+def _schedule():
+    from tta_jax import diffusion as D
+
+    return D.make_schedule("scaled_linear", zero_terminal_snr=True, prediction_type="v_prediction")
+
+
+def _jax_train(apply_fn, params, x0, cond, repeats):
+    """Times one donated, jitted make_train_step step. -> (median, times, flops)."""
+    import jax
+    import jax.numpy as jnp
+
+    from tta_jax import diffusion as D
+    from tta_jax.train.optim import make_optimizer
+    from tta_jax.train.state import create_state
+    from tta_jax.train.step import make_train_step
+
+    sched = _schedule()
+
+    def loss_fn(p, b, r):
+        return D.diffusion_loss(lambda pp, x, t, c, rng: apply_fn(pp, x, t, c), p, b, r, sched)
+
+    tx, _ = make_optimizer({"name": "adamw", "lr": 1e-4, "weight_decay": 0.01, "schedule": "constant"})
+    step = make_train_step(loss_fn, tx, ema_decay=None)
+    fresh = jax.tree.map(lambda a: jnp.array(a, jnp.float32), params)
+    state = create_state(lambda k: fresh, tx, jax.random.PRNGKey(0), use_ema=False)
+    batch = {"latent": jnp.asarray(x0), "cond": jax.tree.map(jnp.asarray, cond)}
+    log("jax train: compiling")
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    log("jax train: timing")
+    flops = _flops(compiled)
+    box = [state]
+
+    def run():
+        s, m = compiled(box[0], batch)
+        jax.block_until_ready((s, m))
+        box[0] = s
+        return m
+
+    med, times = median_time(run, repeats, warmup=2)
+    loss = float(run()["loss"])
+    return med, times, flops, loss
+
+
+def _jax_sample(apply_fn, params, x_T, cond, uncond, steps, repeats):
+    """Times 100-step DDIM + batched CFG in one jit. -> (median, times, flops of all model calls)."""
+    import jax
+    import jax.numpy as jnp
+
+    from tta_jax import diffusion as D
+
+    sched = _schedule()
+    scfg = D.SamplerConfig("ddim", steps, spacing="trailing", eta=1.0)
+
+    def denoiser(p, c, u):
+        return D.cfg_denoiser(lambda x, t, cd: apply_fn(p, x, t, cd), c, u, scale=SCALE, rescale=RESCALE)
+
+    def gen(p, x, key, c, u):
+        return D.sample(denoiser(p, c, u), x, sched, scfg, key)
+
+    args = (params, jnp.asarray(x_T), jax.random.PRNGKey(1), cond, uncond)
+    log("jax sample: compiling")
+    compiled = jax.jit(gen).lower(*args).compile()
+    # cost_analysis of a while loop counts its body once: count one guided model call x steps instead.
+    t = jnp.full((x_T.shape[0],), 500, jnp.int32)
+    one = jax.jit(lambda p, x, t, c, u: denoiser(p, c, u)(x, t)).lower(params, jnp.asarray(x_T), t, cond,
+                                                                      uncond).compile()
+    f1 = _flops(one)
+    log("jax sample: timing")
+    med, times = median_time(lambda: compiled(*args).block_until_ready(), repeats, warmup=0)  # AOT-compiled
+    out = compiled(*args)
+    return med, times, (f1 * steps if f1 else None), bool(jnp.all(jnp.isfinite(out)))
+
+
+def _torch_train(torch_fn, tparams, x0, repeats, ac):
+    """Eager torch: v-pred MSE, backward, AdamW. ``torch_fn(x_t, t) -> out``."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    log("torch train: timing")
+    opt = torch.optim.AdamW(tparams, lr=1e-4, weight_decay=0.01)
+    ac = torch.tensor(np.asarray(ac, np.float32))
+    B = x0.shape[0]
+    last = [None]
+
+    def run():
+        t = torch.randint(0, 1000, (B,))
+        noise = torch.randn_like(x0)
+        a = ac[t].view((B,) + (1,) * (x0.ndim - 1))
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        v = a.sqrt() * noise - (1 - a).sqrt() * x0
+        loss = F.mse_loss(torch_fn(x_t, t), v)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        last[0] = float(loss.detach())
+
+    med, times = median_time(run, repeats, warmup=2)
+    return med, times, last[0]
+
+
+def _torch_rescale(guided, cond_out, rescale):
+    dims = list(range(1, guided.ndim))
+    std_c = cond_out.std(dim=dims, keepdim=True)
+    std_g = guided.std(dim=dims, keepdim=True)
+    return rescale * guided * (std_c / std_g) + (1 - rescale) * guided
+
+
+def _torch_sample(torch_fn, x_T, steps, repeats):
+    """diffusers DDIMScheduler loop, CFG batched, inference_mode. ``torch_fn(x2, t2) -> out2`` (2B)."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    sch = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                        beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=True,
+                        prediction_type="v_prediction", timestep_spacing="trailing",
+                        rescale_betas_zero_snr=True)
+    log("torch sample: timing")
+    gen = torch.Generator().manual_seed(0)
+    B = x_T.shape[0]
+    res = [None]
+
+    def run():
+        with torch.inference_mode():
+            sch.set_timesteps(steps)
+            x = x_T.clone()
+            for t in sch.timesteps:
+                out = torch_fn(torch.cat([x, x]), t.expand(2 * B))
+                c, u = out.chunk(2)
+                g = _torch_rescale(u + SCALE * (c - u), c, RESCALE)
+                x = sch.step(g, t, x, eta=1.0, generator=gen).prev_sample
+            res[0] = x
+
+    med, times = median_time(run, repeats, warmup=0)  # eager; 100 model calls warm up in the first steps
+    return med, times, bool(torch.isfinite(res[0]).all())
+
+
+# ----------------------------------------------------------------------------- DiT
+def dit_config(b: DiTBench, attention: str = "auto"):
+    from tta_jax.denoisers.dit import DiTConfig
+
+    return DiTConfig(in_channels=b.channels, out_channels=b.channels, width=b.width, depth=b.depth,
+                     num_heads=b.num_heads, context_dim=b.context_dim, sola_rank=b.sola_rank,
+                     attention_backend=attention)
+
+
+def bench_dit(b: DiTBench, peak: float | None, repeats: int = 3, sample_repeats: int = 3,
+              attention: str = "auto") -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from benchmarks.torch_dit import dit_forward, official_state_dict, torch_weights
+    from tta_jax.convert.ezaudio_dit import convert_ezaudio_dit
+    from tta_jax.denoisers.dit import DiT
+
+    log("dit: building")
+    c = dit_config(b, attention)
+    sd = official_state_dict(c, seed=0, init="fan_in")
+    variables, report = convert_ezaudio_dit(sd, c)
+    if not report.ok:
+        raise RuntimeError(report.summary())
+    params = jax.tree.map(jnp.asarray, variables["params"])
+    model = DiT(c)
+
+    def apply_fn(p, x, t, cond):
+        return model.apply({"params": p}, x, t, cond)
+
+    rng = np.random.default_rng(0)
+    B, T, L = b.batch, b.frames, b.context_len
+    x0 = rng.standard_normal((B, T, b.channels)).astype(np.float32)
+    text = rng.standard_normal((B, L, b.context_dim)).astype(np.float32)
+    tmask = np.ones((B, L), bool)
+    tmask[::2, L * 3 // 4:] = False
+    cond = {"text": jnp.asarray(text), "text_mask": jnp.asarray(tmask)}
+
+    W = torch_weights(sd, requires_grad=True)
+    for k in W:
+        if k.endswith("rotary.inv_freq"):
+            W[k].requires_grad_(False)
+    tt_text, tt_mask = torch.from_numpy(text), torch.from_numpy(tmask)
+
+    # parity (same function on both sides)
+    t_par = np.array([17, 900] * B, np.int32)[:B]
+    ours = np.asarray(jax.jit(apply_fn)(params, jnp.asarray(x0), jnp.asarray(t_par), cond))
+    with torch.no_grad():
+        ref = dit_forward(W, torch.from_numpy(x0), torch.from_numpy(t_par), tt_text, tt_mask, None, None,
+                          c).numpy()
+    err = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+    tag = f"dit w{b.width} d{b.depth} T{T} B{B}"
+    jt, jts, fl_train, jloss = _jax_train(apply_fn, params, x0, cond, repeats)
+    tt, tts, tloss = _torch_train(lambda x, t: dit_forward(W, x, t, tt_text, tt_mask, None, None, c),
+                                  [v for v in W.values() if v.requires_grad], torch.from_numpy(x0), repeats,
+                                  np.asarray(_schedule().alphas_cumprod))
+    rows = [_row(tag, "train step", jt, tt, fl_train, peak, jts, tts, max_rel_err=err,
+                 jax_loss=jloss, torch_loss=tloss)]
+
+    Bs = b.sample_batch
+    x_T = rng.standard_normal((Bs, T, b.channels)).astype(np.float32)
+    null = rng.standard_normal((1, L, b.context_dim)).astype(np.float32)
+    nmask = np.zeros((Bs, L), bool)
+    nmask[:, :2] = True
+    scond = {"text": jnp.asarray(text[:Bs]), "text_mask": jnp.asarray(tmask[:Bs])}
+    sun = {"text": jnp.asarray(np.repeat(null, Bs, 0)), "text_mask": jnp.asarray(nmask)}
+    js, jss, fl_s, jfin = _jax_sample(apply_fn, params, x_T, scond, sun, b.steps, sample_repeats)
+    text2 = torch.from_numpy(np.concatenate([text[:Bs], np.repeat(null, Bs, 0)]))
+    mask2 = torch.from_numpy(np.concatenate([tmask[:Bs], nmask]))
+    Wd = {k: v.detach() for k, v in W.items()}
+    ts, tss, tfin = _torch_sample(lambda x, t: dit_forward(Wd, x, t, text2, mask2, None, None, c),
+                                  torch.from_numpy(x_T), b.steps, sample_repeats)
+    rows.append(_row(tag, f"sample {b.steps}x DDIM+CFG B{Bs}", js, ts, fl_s, peak, jss, tss,
+                     finite=jfin and tfin))
+    return rows
+
+
+# ----------------------------------------------------------------------------- U-Net
+def unet_diffusers_config(b: UNetBench) -> dict:
+    n = len(b.block_out_channels)
+    down = ["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"] if n > 2 else ["CrossAttnDownBlock2D"] * n
+    up = ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1) if n > 2 else ["CrossAttnUpBlock2D"] * n
+    return dict(sample_size=b.height, in_channels=b.channels, out_channels=b.channels,
+                block_out_channels=tuple(b.block_out_channels), down_block_types=tuple(down),
+                up_block_types=tuple(up), layers_per_block=b.layers_per_block,
+                attention_head_dim=tuple(b.heads), cross_attention_dim=b.cross_dim,
+                norm_num_groups=b.norm_num_groups, use_linear_projection=True, flip_sin_to_cos=True,
+                freq_shift=0)
+
+
+def bench_unet(b: UNetBench, peak: float | None, repeats: int = 3, sample_repeats: int = 3,
+               attention: str = "auto") -> list[dict]:
+    import diffusers
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from tta_jax.convert.diffusers_unet import convert_diffusers_unet
+    from tta_jax.denoisers.unet import UNet
+
+    log("unet: building")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(**unet_diffusers_config(b))
+    model = UNet.from_diffusers_config(dict(unet.config), attention_backend=attention)
+    params, report = convert_diffusers_unet(unet.state_dict(), model)
+    if not report.ok:
+        raise RuntimeError(report.summary())
+    params = jax.tree.map(jnp.asarray, params)
+
+    def apply_fn(p, x, t, cond):
+        return model.apply({"params": p}, x, t, cond)
+
+    rng = np.random.default_rng(0)
+    B, L = b.batch, b.context_len
+    x0 = rng.standard_normal((B, b.channels, b.height, b.width)).astype(np.float32)   # torch NCHW
+    x0j = x0.transpose(0, 2, 3, 1)
+    text = rng.standard_normal((B, L, b.cross_dim)).astype(np.float32)
+    tmask = np.ones((B, L), bool)
+    tmask[::2, L * 3 // 4:] = False
+    cond = {"text": jnp.asarray(text), "text_mask": jnp.asarray(tmask)}
+    tt_text, tt_mask = torch.from_numpy(text), torch.from_numpy(tmask)
+
+    t_par = np.array([17, 900] * B, np.int32)[:B]
+    ours = np.asarray(jax.jit(apply_fn)(params, jnp.asarray(x0j), jnp.asarray(t_par), cond)).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        ref = unet(torch.from_numpy(x0), torch.from_numpy(t_par), tt_text,
+                   encoder_attention_mask=tt_mask).sample.numpy()
+    err = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+    tag = f"unet {'-'.join(map(str, b.block_out_channels))} {b.height}x{b.width} B{B}"
+    jt, jts, fl_train, jloss = _jax_train(apply_fn, params, x0j, cond, repeats)
+    unet.train()
+    tt, tts, tloss = _torch_train(
+        lambda x, t: unet(x, t, tt_text, encoder_attention_mask=tt_mask).sample,
+        list(unet.parameters()), torch.from_numpy(x0), repeats, np.asarray(_schedule().alphas_cumprod))
+    rows = [_row(tag, "train step", jt, tt, fl_train, peak, jts, tts, max_rel_err=err,
+                 jax_loss=jloss, torch_loss=tloss)]
+
+    unet.eval()
+    Bs = b.sample_batch
+    x_T = rng.standard_normal((Bs, b.channels, b.height, b.width)).astype(np.float32)
+    null = rng.standard_normal((1, L, b.cross_dim)).astype(np.float32)
+    nmask = np.zeros((Bs, L), bool)
+    nmask[:, :2] = True
+    scond = {"text": jnp.asarray(text[:Bs]), "text_mask": jnp.asarray(tmask[:Bs])}
+    sun = {"text": jnp.asarray(np.repeat(null, Bs, 0)), "text_mask": jnp.asarray(nmask)}
+    js, jss, fl_s, jfin = _jax_sample(apply_fn, params, x_T.transpose(0, 2, 3, 1), scond, sun, b.steps,
+                                      sample_repeats)
+    text2 = torch.from_numpy(np.concatenate([text[:Bs], np.repeat(null, Bs, 0)]))
+    mask2 = torch.from_numpy(np.concatenate([tmask[:Bs], nmask]))
+    ts, tss, tfin = _torch_sample(lambda x, t: unet(x, t, text2, encoder_attention_mask=mask2).sample,
+                                  torch.from_numpy(x_T), b.steps, sample_repeats)
+    rows.append(_row(tag, f"sample {b.steps}x DDIM+CFG B{Bs}", js, ts, fl_s, peak, jss, tss,
+                     finite=jfin and tfin))
+    return rows
+
+
+# ----------------------------------------------------------------------------- data
+def bench_data(quick: bool) -> dict:
+    from launch import bench_data as bd
+
+    if quick:
+        return bd.bench(num_clips=8, duration=1.0, sample_rate=16000, batch_size=4, steps=3, workers=(0,))
+    return bd.bench()
+
+
+# ----------------------------------------------------------------------------- report
+def _fmt_s(v):
+    return "-" if v is None else (f"{v * 1e3:.1f} ms" if v < 1 else f"{v:.2f} s")
+
+
+def _fmt_f(v):
+    return "-" if v is None else f"{v / 1e9:.1f} G"
+
+
+def _fmt_p(v):
+    return "-" if v is None else f"{v:.0f}%"
+
+
+def print_table(result: dict) -> None:
+    pk = result.get("peak")
+    if pk:
+        print(f"matmul peak (float32 {pk['n']}^2): jax {pk['jax_flops_per_s'] / 1e9:.1f} GFLOP/s, "
+              f"torch {pk['torch_flops_per_s'] / 1e9:.1f} GFLOP/s (median; best jax "
+              f"{pk['jax_best_flops_per_s'] / 1e9:.1f})")
+    rows = result.get("results", [])
+    if rows:
+        hdr = (f"{'model':<30} {'task':<26} {'jax':>9} {'torch':>9} {'speed-up':>8} "
+               f"{'FLOP/s jax':>10} {'torch':>8} {'%pk jax':>7} {'torch':>6}")
+        print(hdr)
+        print("-" * len(hdr))
+        for r in rows:
+            sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+            print(f"{r['model']:<30} {r['task']:<26} {_fmt_s(r['jax_s']):>9} {_fmt_s(r['torch_s']):>9} "
+                  f"{sp:>8} {_fmt_f(r['jax_flops_per_s']):>10} {_fmt_f(r['torch_flops_per_s']):>8} "
+                  f"{_fmt_p(r['jax_pct_peak']):>7} {_fmt_p(r['torch_pct_peak']):>6}")
+    for k, v in result.get("targets", {}).items():
+        print(f"target {k}: {v}")
+    if result.get("data"):
+        from launch import bench_data as bd
+
+        bd.print_table(result["data"])
+    m = result["machine"]
+    print(f"machine: {m['cpu_model']} x{m['cores']}, load avg start {m['loadavg_start']} "
+          f"end {m.get('loadavg_end')}")
+
+
+def check_targets(rows: list[dict]) -> dict:
+    out = {}
+    for r in rows:
+        name = r["model"].split()[0]
+        if r["task"] == "train step":
+            out[f"{name} train speed-up >= {TARGETS['train_speedup']}x"] = (
+                r["speedup"] is not None and r["speedup"] >= TARGETS["train_speedup"])
+            if name == "dit":
+                out[f"dit train >= {TARGETS['dit_train_pct_peak']:.0f}% of matmul peak"] = (
+                    r["jax_pct_peak"] is not None and r["jax_pct_peak"] >= TARGETS["dit_train_pct_peak"])
+        else:
+            out[f"{name} sampling speed-up >= {TARGETS['sample_speedup']}x"] = (
+                r["speedup"] is not None and r["speedup"] >= TARGETS["sample_speedup"])
+    return out
+
+
+def run(which: str, quick: bool = False, repeats: int | None = None, threads: int | None = None,
+        attention: str = "auto") -> dict:
+    # libgomp reads this when torch is loaded: with the default (active spin-waiting) OpenMP barriers a
+    # 2-thread torch on a loaded machine was ~1000x slower (2 s vs 3 ms per tiny forward).
+    if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+        print("warning: torch already imported; OMP_WAIT_POLICY=PASSIVE not applied", file=sys.stderr)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    threads = threads or os.cpu_count()
+    torch.set_num_threads(threads)
+    result = {"benchmark": which, "quick": quick, "machine": machine_info(), "versions": versions(),
+              "settings": {"torch_threads": threads, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                           "attention_backend": attention,
+                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cfg_scale": SCALE,
+                           "cfg_rescale": RESCALE},
+              "targets_spec": TARGETS, "config": {}, "results": []}
+    rep = repeats or (1 if quick else 3)
+    peak = None
+    if which in ("all", "peak", "dit", "unet"):
+        log("peak")
+        result["peak"] = bench_peak(256 if quick else 2048, repeats=rep + 2)
+        peak = result["peak"]["jax_flops_per_s"]
+    if which in ("all", "dit"):
+        b = QUICK_DIT if quick else DiTBench()
+        result["config"]["dit"] = {"bench": dataclasses.asdict(b), "model": dit_config(b, attention).to_dict()}
+        result["results"] += bench_dit(b, peak, repeats=rep, sample_repeats=rep, attention=attention)
+    if which in ("all", "unet"):
+        b = QUICK_UNET if quick else UNetBench()
+        result["config"]["unet"] = {"bench": dataclasses.asdict(b), "diffusers": unet_diffusers_config(b)}
+        result["results"] += bench_unet(b, peak, repeats=rep, sample_repeats=rep, attention=attention)
+    if which in ("all", "data"):
+        log("data")
+        result["data"] = bench_data(quick)
+    result["targets"] = check_targets(result["results"])
+    result["machine"]["loadavg_end"] = list(os.getloadavg())
+    return result
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("which", choices=("all", "dit", "unet", "data", "peak"))
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--quick", action="store_true", help="tiny configs, 4 sampling steps (CI smoke test)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--attention", default="auto", choices=("auto", "xla", "einsum"))
+    p.add_argument("--xla_flags", default="", help="prepended to XLA_FLAGS (must precede jax import)")
+    a = p.parse_args(argv)
+    if a.xla_flags:
+        if "jax" in sys.modules:
+            print("warning: jax already imported; --xla_flags may not take effect", file=sys.stderr)
+        os.environ["XLA_FLAGS"] = (a.xla_flags + " " + os.environ.get("XLA_FLAGS", "")).strip()
+    res = run(a.which, quick=a.quick, repeats=a.repeats, threads=a.threads, attention=a.attention)
+    print_table(res)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+        print(f"wrote {a.json}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
