@@ -25,9 +25,9 @@ def get_config():
     c.text.name = "minilm"            # all-MiniLM-L6-v2 token states, 384-d
     c.text.max_len = 32
     c.model.preset = "ezaudio_tiny"
-    c.model.in_channels = 160        # 2 mel frames (2 x 80 bins) per token: data.patch_frames = 2
-    c.model.out_channels = 160
-    c.model.width = 192
+    c.model.in_channels = 320        # 4 mel frames (4 x 80 bins, 46 ms) per token: data.patch_frames = 4
+    c.model.out_channels = 320
+    c.model.width = 160
     c.model.depth = 6
     c.model.num_heads = 4
     c.model.sola_rank = 8
@@ -46,7 +46,7 @@ def get_config():
     c.sampler.guidance_rescale = 0.5
 
     c.data.crop_frames = 344          # 4 s at 22.05 kHz / hop 256
-    c.data.patch_frames = 2           # 172 tokens per clip
+    c.data.patch_frames = 4           # 86 tokens per clip
     c.data.mask_partial_prob = 0.25   # EzAudio masked-diffusion training (25% partial masks)
 
     c.optimizer.name = "adamw"
@@ -56,13 +56,13 @@ def get_config():
     c.optimizer.weight_decay = 0.01
     c.optimizer.clip_norm = 1.0
 
-    c.train.total_steps = 1500
+    c.train.total_steps = 1200         # launch.demo also stops after --train_minutes (default 14)
     c.train.batch_size = 16
     c.train.ema_decay = 0.995
     c.train.log_every = 25
     c.train.ckpt_every = 250
     c.train.keep_ckpts = 2
-    c.train.measure_peak = False
+    c.train.measure_peak = True
     c.mesh.data = 1
     c.mesh.num_devices = 1
     return c
