@@ -1,5 +1,9 @@
-"""Tiny stage 1 (masked pretraining, no text; model.context_dim=None). Command and expected result:
-see configs/ezaudio_tiny.py."""
+"""Tiny stage 1 (masked pretraining, no text; model.context_dim=None). Full recipe: configs/ezaudio_tiny.py.
+
+Run:      python -m launch.train --config configs/ezaudio_stage1_tiny.py --workdir /tmp/ez/s1 \
+              --config.data.precomputed_dir=/tmp/ez/data
+Expected: masked v-MSE 0.85 at the start -> ~0.30 after 400 steps (~1-2 min on 2 CPU cores).
+"""
 from configs.ezaudio_tiny import get_config as base
 
 
