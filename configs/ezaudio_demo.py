@@ -12,6 +12,7 @@ The model is EzAudio-DiT (AdaLN-SOLA, (1 - gate) residuals, long skips, RoPE, QK
 input) at CPU size, conditioned on all-MiniLM-L6-v2 token states (384-d); v-prediction with
 zero-terminal SNR; DDIM (trailing, eta 1) with CFG and rescale at sampling, as EzAudio.
 """
+from configs.ezaudio_xl import ezaudio_diffusion
 from tta_jax.config import base_config
 
 
@@ -33,17 +34,7 @@ def get_config():
     c.model.sola_rank = 8
     c.model.context_dim = 384
 
-    c.diffusion.beta_schedule = "scaled_linear"
-    c.diffusion.zero_terminal_snr = True
-    c.diffusion.prediction_type = "v_prediction"
-    c.diffusion.cond_drop_prob = 0.1
-
-    c.sampler.name = "ddim"
-    c.sampler.spacing = "trailing"
-    c.sampler.eta = 1.0
-    c.sampler.num_steps = 50
-    c.sampler.guidance_scale = 3.0
-    c.sampler.guidance_rescale = 0.5
+    ezaudio_diffusion(c, num_steps=50, guidance_scale=3.0, guidance_rescale=0.5)
 
     c.data.crop_frames = 344          # 4 s at 22.05 kHz / hop 256
     c.data.patch_frames = 4           # 86 tokens per clip

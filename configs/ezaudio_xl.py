@@ -11,6 +11,24 @@ Expected: AudioCaps test FD ~ 14-15 / CLAP ~ 0.5 after the full 3-stage recipe (
 from tta_jax.config import base_config
 
 
+def ezaudio_diffusion(c, *, num_steps: int = 100, guidance_scale: float = 5.0, guidance_rescale: float = 0.75):
+    """EzAudio's objective and sampler, in place: scaled_linear 0.00085..0.012 with zero-terminal SNR,
+    v-prediction, 10% empty captions; DDIM trailing, eta 1, CFG with rescale (paper defaults)."""
+    c.diffusion.beta_schedule = "scaled_linear"
+    c.diffusion.beta_start = 0.00085
+    c.diffusion.beta_end = 0.012
+    c.diffusion.zero_terminal_snr = True
+    c.diffusion.prediction_type = "v_prediction"
+    c.diffusion.cond_drop_prob = 0.1
+    c.sampler.name = "ddim"
+    c.sampler.spacing = "trailing"
+    c.sampler.eta = 1.0
+    c.sampler.num_steps = num_steps
+    c.sampler.guidance_scale = guidance_scale
+    c.sampler.guidance_rescale = guidance_rescale
+    return c
+
+
 def ezaudio_base(preset: str, context_dim: int):
     c = base_config()
     c.name = preset
@@ -22,19 +40,7 @@ def ezaudio_base(preset: str, context_dim: int):
     c.model.context_dim = context_dim
     c.model.remat = True                     # activation checkpointing per block
 
-    c.diffusion.beta_schedule = "scaled_linear"
-    c.diffusion.beta_start = 0.00085
-    c.diffusion.beta_end = 0.012
-    c.diffusion.zero_terminal_snr = True
-    c.diffusion.prediction_type = "v_prediction"
-    c.diffusion.cond_drop_prob = 0.1
-
-    c.sampler.name = "ddim"
-    c.sampler.spacing = "trailing"
-    c.sampler.eta = 1.0
-    c.sampler.num_steps = 100
-    c.sampler.guidance_scale = 5.0
-    c.sampler.guidance_rescale = 0.75
+    ezaudio_diffusion(c)
 
     c.data.crop_frames = 500                 # 10 s at 50 Hz
     c.data.patch_frames = 1
