@@ -12,6 +12,7 @@ nested Flax param tree. This module holds the pieces every family needs:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Callable, Iterable, Mapping
 
@@ -283,3 +284,45 @@ class KeyMapper:
         unused = [k for k in self.src if not (ignore and ignore(k))]
         return check_and_report(self.out, target_shapes, unused, strict=strict, what=what,
                                 mapping=self.mapping)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face model folders (config.json + weights), read without torch
+# --------------------------------------------------------------------------------------------------
+def _read_weights_file(path: str) -> dict[str, np.ndarray]:
+    """One safetensors file, or a pickled PyTorch file through the torch-free reader."""
+    if path.endswith(".safetensors"):
+        return load_state_dict(path)
+    from tta_jax.convert.hifigan import load_torch_state_dict  # torch-free pickle reader
+
+    sd = load_torch_state_dict(path)
+    return {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) or v.dtype.name == "bfloat16" else v)
+            for k, v in sd.items()}
+
+
+def load_hf_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """State dict of a transformers model folder (``model.safetensors``, ``pytorch_model.bin`` or a
+    sharded index of either), read without torch."""
+    path = os.fspath(path)
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        f = os.path.join(path, single)
+        if os.path.exists(f):
+            return _read_weights_file(f)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        f = os.path.join(path, index)
+        if os.path.exists(f):
+            with open(f) as fh:
+                shards = sorted(set(json.load(fh)["weight_map"].values()))
+            sd: dict[str, np.ndarray] = {}
+            for s in shards:
+                sd.update(_read_weights_file(os.path.join(path, s)))
+            return sd
+    raise FileNotFoundError(f"{path}: found no model.safetensors, pytorch_model.bin or a shard index")
+
+
+def read_hf_config(path: str | os.PathLike) -> dict:
+    f = os.path.join(os.fspath(path), "config.json")
+    if not os.path.exists(f):
+        raise FileNotFoundError(f"{path}: no config.json in this folder")
+    with open(f) as fh:
+        return json.load(fh)

@@ -82,10 +82,18 @@ def _text(loader_name):
     return fn
 
 
+def _clap_audio(src, cfg, strict):
+    from tta_jax.convert.clap_audio import load_clap_audio_dir
+
+    hcfg, variables = load_clap_audio_dir(src, strict=strict)
+    return variables, hcfg.to_dict()
+
+
 FAMILIES: dict[str, Callable[[str, Any, bool], tuple[Any, Any]]] = {
     "ezaudio_dit": _dit, "diffusers_unet": _unet, "oobleck": _oobleck, "kl_vae": _kl_vae,
     "hifigan": _hifigan, "bigvgan": _bigvgan, "bert": _bert, "t5": _text("load_t5_dir"),
     "clip_text": _text("load_clip_text_dir"), "clap_text": _text("load_clap_text_dir"),
+    "clap_audio": _clap_audio,
 }
 
 

@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tta_jax.convert.common import (ConversionError, ConversionReport, KeyMapper, load_state_dict,
-                                    shapes_of)
+from tta_jax.convert.common import (ConversionError, ConversionReport, KeyMapper, load_hf_state_dict,
+                                    load_state_dict, read_hf_config, shapes_of)
 from tta_jax.text.clap import ClapTextConfig, ClapTextEncoder
 from tta_jax.text.clip import CLIPTextConfig, CLIPTextEncoder
 from tta_jax.text.t5 import T5Config, T5Encoder
@@ -183,31 +183,8 @@ def convert_clap_text(state_dict: Mapping[str, Any], config: ClapTextConfig, *, 
 # --------------------------------------------------------------------------------------------------
 # Folders (config.json + weights)
 # --------------------------------------------------------------------------------------------------
-def read_config(path: str | os.PathLike) -> dict:
-    f = os.path.join(os.fspath(path), "config.json")
-    if not os.path.exists(f):
-        raise FileNotFoundError(f"{path}: no config.json in this folder")
-    with open(f) as fh:
-        return json.load(fh)
-
-
-def load_hf_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """State dict of a transformers model folder: model.safetensors, sharded safetensors (index json),
-    or pytorch_model.bin (+ shards)."""
-    path = os.fspath(path)
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if os.path.exists(os.path.join(path, single)):
-            return load_state_dict(os.path.join(path, single))
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        f = os.path.join(path, index)
-        if os.path.exists(f):
-            with open(f) as fh:
-                shards = sorted(set(json.load(fh)["weight_map"].values()))
-            sd: dict[str, np.ndarray] = {}
-            for s in shards:
-                sd.update(load_state_dict(os.path.join(path, s)))
-            return sd
-    raise FileNotFoundError(f"{path}: found no model.safetensors, pytorch_model.bin or a shard index")
+read_config = read_hf_config  # noqa: E305 (folder readers live in convert.common)
+load_hf_weights = load_hf_state_dict
 
 
 def load_t5_dir(path) -> tuple[T5Config, dict]:

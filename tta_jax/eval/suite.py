@@ -309,7 +309,7 @@ def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=
             clap = ClapEmbedder.from_pretrained(path)
             ag = clap.embed_audio(gen.at(CLAP_SR), CLAP_SR, cfg.batch)
             backbones["clap"] = {"checkpoint": os.path.abspath(path), "sha256": sha256_of(path),
-                                 "sample_rate": CLAP_SR, "runtime": "transformers.ClapModel (PyTorch)",
+                                 "sample_rate": CLAP_SR, "runtime": getattr(clap, "runtime", "tta_jax JAX"),
                                  "crop": "first 10 s, repeat-pad shorter clips"}
             with_cap = [i for i, n in enumerate(gen.names) if n in captions]
             if with_cap:
