@@ -51,10 +51,17 @@ FAMILY_PROMPTS = {
     "sound effects": "a sound effect of a single note",
     "drums": "a fast drum beat",
 }
-TWO_EVENT_PROMPTS = [
-    "a flute melody, followed by a snare roll",
-    "a piano chord, followed by a fast drum beat",
-]
+TWO_EVENT_PROMPTS = {  # prompt -> its two families (first event, second event)
+    "a flute melody, followed by a snare roll": ("pipe", "drums"),
+    "a piano chord, followed by a fast drum beat": ("piano", "drums"),
+}
+
+
+def prompt_set() -> tuple[list[str], list[tuple[str, ...]]]:
+    """The fixed demo prompts and the families each was prompted with (one, or two for two-event)."""
+    prompts = list(FAMILY_PROMPTS.values()) + list(TWO_EVENT_PROMPTS)
+    families = [(f,) for f in FAMILY_PROMPTS] + list(TWO_EVENT_PROMPTS.values())
+    return prompts, families
 
 
 class BudgetGuard:
@@ -136,26 +143,29 @@ def write_grid(path, mels, titles):
     plt.close(fig)
 
 
-def evaluate(audio, prompts, families, num_clips, seed=0):
+def evaluate(audio, families):
+    """Generated audio [N, S] at 22.05 kHz prompted with ``families[i]`` (1 or 2 family names) -> metrics
+    from the package's in-domain evaluator (the 3000-clip one, >= 90 % family accuracy on its real test
+    split; trained and cached on first use): a clip is a hit when its predicted family set equals the
+    prompted one (:func:`tta_jax.eval.indomain.predicted_family_sets`)."""
     import numpy as np
 
     from tta_jax.eval import indomain
 
-    ev = indomain.get_or_train(num_clips, seed)
+    ev = indomain.get_or_train()
     mels_gen = indomain.logmel(audio)
-    out = ev.predict(mels_gen)
     names = list(indomain.SOURCES)
-    pred = out["family"].argmax(-1)
-    fam_idx = [names.index(f) for f in families]
-    hits = [int(pred[i] == fam_idx[i]) for i in range(len(families))]
-    _, test_m, test_l, _ = indomain.embedded_arrays(num_clips, seed, ("test",))
-    _, val_m, _, _ = indomain.embedded_arrays(num_clips, seed, ("valid",))
+    pred = indomain.predicted_family_sets(ev.predict(mels_gen), [len(set(f)) for f in families])
+    hits = [int(p == sorted({names.index(x) for x in f})) for p, f in zip(pred, families)]
+    one = [i for i, f in enumerate(families) if len(f) == 1]
+    _, test_m, test_l, _ = indomain.embedded_arrays(3000, 0, ("test",))
+    _, val_m, _, _ = indomain.embedded_arrays(3000, 0, ("valid",))
     fd_gen = ev.frechet(mels_gen, test_m)
     fd_base = ev.frechet(val_m[:len(mels_gen)], test_m)
-    real_acc = ev.accuracy(test_m, test_l)
-    return dict(prompt_family_accuracy=float(np.mean(hits)), per_prompt_hit=hits,
-                predicted=[names[i] for i in pred[:len(families)]], fd_generated_vs_test=float(fd_gen),
-                fd_real_valid_vs_test=float(fd_base), evaluator_test_accuracy=real_acc,
+    return dict(prompt_family_accuracy=float(np.mean([hits[i] for i in one])), per_prompt_hit=hits,
+                prompt_family_accuracy_all=float(np.mean(hits)),
+                predicted=[" + ".join(names[j] for j in p) for p in pred], fd_generated_vs_test=float(fd_gen),
+                fd_real_valid_vs_test=float(fd_base), evaluator_test_accuracy=ev.accuracy(test_m, test_l),
                 chance=1.0 / len(names)), mels_gen
 
 
@@ -174,8 +184,7 @@ def main(argv):
         config.data.precomputed_dir = os.path.abspath(data_dir)
     res, train_s = train(config, os.path.join(out, "workdir"), _MINUTES.value)
 
-    families = list(FAMILY_PROMPTS)
-    prompts = list(FAMILY_PROMPTS.values()) + TWO_EVENT_PROMPTS
+    prompts, families = prompt_set()
     t0 = time.time()
     from tta_jax.pipelines.tta import file_stem, generate_audio
 
@@ -190,8 +199,7 @@ def main(argv):
     for i, (p, a) in enumerate(zip(prompts, audio)):
         sf.write(os.path.join(sdir, file_stem(i, p) + ".wav"), a, codec.sample_rate)
 
-    metrics, mels_gen = evaluate(audio_all, [p for p in prompts for _ in range(k)],
-                                 [f for f in families for _ in range(k)], _NUM_CLIPS.value)
+    metrics, mels_gen = evaluate(audio_all, [f for f in families for _ in range(k)])
     mels_gen = mels_gen[::k]
     write_grid(os.path.join(out, "grid.png"), mels_gen, prompts)
     report = dict(config="configs/ezaudio_demo.py", steps=res.step, train_seconds_this_run=train_s,
@@ -203,17 +211,19 @@ def main(argv):
     lines = ["# tta-jax demo report", "",
              f"- model: EzAudio-style DiT (configs/ezaudio_demo.py), trained {res.step} steps",
              f"- prompted-family accuracy (in-domain evaluator): {metrics['prompt_family_accuracy']:.2f} "
-             f"over {len(families)} family prompts x {k} clips (chance {metrics['chance']:.3f})",
+             f"over {len(FAMILY_PROMPTS)} one-family prompts x {k} clips (chance {metrics['chance']:.3f}); "
+             f"{metrics['prompt_family_accuracy_all']:.2f} with the two-event prompts (both families right)",
              f"- in-domain FD, generated vs real test: {metrics['fd_generated_vs_test']:.2f} "
              f"(real valid vs real test baseline: {metrics['fd_real_valid_vs_test']:.2f})",
              f"- evaluator accuracy on real test renders: {metrics['evaluator_test_accuracy']}",
              f"- sampling: {config.sampler.name} {config.sampler.num_steps} steps, CFG "
              f"{config.sampler.guidance_scale} rescale {config.sampler.guidance_rescale}: {sample_s:.1f} s "
-             f"for {len(prompts)} prompts", "", "| # | prompt | predicted families | hits |", "|---|---|---|---|"]
+             f"for {len(prompts)} prompts x {k} clips", "",
+             "| # | prompt | prompted | predicted families | hits |", "|---|---|---|---|---|"]
     for i, fam in enumerate(families):
         hits = metrics["per_prompt_hit"][i * k:(i + 1) * k]
         preds = ", ".join(metrics["predicted"][i * k:(i + 1) * k])
-        lines.append(f"| {i} | {prompts[i]} | {preds} | {sum(hits)}/{k} |")
+        lines.append(f"| {i} | {prompts[i]} | {' + '.join(fam)} | {preds} | {sum(hits)}/{k} |")
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

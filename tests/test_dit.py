@@ -257,3 +257,30 @@ def test_cross_attention_capture_through_cond():
     w = jnp.array([1.0, 3.0, 1.0, 1.0, 1.0])
     out_w, _ = run(v, dict(cond, attn_control=AttentionControl(token_weights=w)))
     assert float(jnp.abs(out_w - out).max()) > 1e-4
+
+
+def test_pooled_context_is_a_masked_global_text_path():
+    """``pooled_context``: the masked mean of the text states feeds the timestep embedding, so the
+    output depends on the text through it (cross-attention removed here), and padded positions do not
+    matter. Off by default (EzAudio has no such path)."""
+    x, t, cond = _inputs(ezaudio_tiny())
+    assert "pooled_text_embed" not in random_params(DiT(ezaudio_tiny()), x, t, cond)["params"]
+    c = ezaudio_tiny(pooled_context=True)
+    model = DiT(c)
+    params = random_params(model, x, t, cond)["params"]
+    assert "pooled_text_embed" in params
+    out = model.apply({"params": params}, x, t, cond)
+    garbage = cond["text"].at[0, 3:].set(100.0)  # only masked positions of clip 0 change
+    out_g = model.apply({"params": params}, x, t, dict(cond, text=garbage))
+    np.testing.assert_allclose(out_g, out, atol=1e-5)
+    # with the cross-attention output zeroed, only the pooled path carries the text
+    p0 = jax.tree_util.tree_map_with_path(
+        lambda path, v: jnp.zeros_like(v) if "cross_attn" in jax.tree_util.keystr(path) and
+        "to_out" in jax.tree_util.keystr(path) else v, params)
+    a = model.apply({"params": p0}, x, t, cond)
+    b = model.apply({"params": p0}, x, t, dict(cond, text=cond["text"] + 1.0))
+    assert float(jnp.abs(a - b).max()) > 1e-3
+    p1 = dict(p0, pooled_text_embed=jax.tree.map(jnp.zeros_like, p0["pooled_text_embed"]))
+    a1 = model.apply({"params": p1}, x, t, cond)
+    b1 = model.apply({"params": p1}, x, t, dict(cond, text=cond["text"] + 1.0))
+    np.testing.assert_allclose(a1, b1, atol=1e-6)

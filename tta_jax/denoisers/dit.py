@@ -75,6 +75,8 @@ class DiTConfig:
     rope: bool = True
     qk_norm: bool = True
     context_norm: bool = True
+    pooled_context: bool = False     # add an MLP of the masked mean of the text states to the timestep
+    # embedding, a global text path into every AdaLN (not in EzAudio; Stable Audio / SD3-style pooled cond)
     final_conv: bool = True
     use_mask_input: bool = True      # MaskDiT: concat masked latent + mask channel
     time_freq_dim: int = 256
@@ -240,15 +242,6 @@ class DiT(nn.Module):
                     bias_init=dense_init(zeros, ("conv_out",)))(h.astype(dt))
         x = constrain(x, ACT)
 
-        # ---- timestep ----
-        temb = timestep_embedding(t, c.time_freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0.0)
-        temb = TimestepMLP(c.width, dtype=dt, name="time_embed")(temb.astype(dt))
-        temb = nn.silu(temb)
-        final_mod = dense(2 * c.width, ("embed", "mlp"), name="time_ada_final", dtype=dt, kernel_init=zeros)(temb)
-        shared = None
-        if c.modulation in ("sola", "adaln_single"):
-            shared = dense(6 * c.width, ("embed", "mlp"), name="time_ada", dtype=dt, kernel_init=zeros)(temb)
-
         # ---- context ----
         context, context_mask = None, None
         if cond.get("text") is not None:
@@ -263,6 +256,19 @@ class DiT(nn.Module):
                 context_mask = jnp.asarray(cond["text_mask"]).astype(bool)
                 if context_mask.shape != text.shape[:2]:
                     raise ValueError(f"DiT: cond['text_mask'] must be {text.shape[:2]}, got {context_mask.shape}")
+
+        # ---- timestep (+ pooled text) ----
+        temb = timestep_embedding(t, c.time_freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0.0)
+        temb = TimestepMLP(c.width, dtype=dt, name="time_embed")(temb.astype(dt))
+        if c.pooled_context and context is not None:
+            w = (jnp.ones(text.shape[:2], dt) if context_mask is None else context_mask.astype(dt))[..., None]
+            pooled = (text.astype(dt) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)  # [B, context_dim]
+            temb = temb + TimestepMLP(c.width, dtype=dt, name="pooled_text_embed")(pooled)
+        temb = nn.silu(temb)
+        final_mod = dense(2 * c.width, ("embed", "mlp"), name="time_ada_final", dtype=dt, kernel_init=zeros)(temb)
+        shared = None
+        if c.modulation in ("sola", "adaln_single"):
+            shared = dense(6 * c.width, ("embed", "mlp"), name="time_ada", dtype=dt, kernel_init=zeros)(temb)
         control = cond.get("attn_control")
 
         # ---- blocks ----
