@@ -158,8 +158,9 @@ def evaluate(audio, families):
     pred = indomain.predicted_family_sets(ev.predict(mels_gen), [len(set(f)) for f in families])
     hits = [int(p == sorted({names.index(x) for x in f})) for p, f in zip(pred, families)]
     one = [i for i, f in enumerate(families) if len(f) == 1]
-    _, test_m, test_l, _ = indomain.embedded_arrays(3000, 0, ("test",))
-    _, val_m, _, _ = indomain.embedded_arrays(3000, 0, ("valid",))
+    n, seed = int(ev.info["num_clips"]), int(ev.info["seed"])  # the evaluator's own held-out splits
+    _, test_m, test_l, _ = indomain.embedded_arrays(n, seed, ("test",))
+    _, val_m, _, _ = indomain.embedded_arrays(n, seed, ("valid",))
     fd_gen = ev.frechet(mels_gen, test_m)
     fd_base = ev.frechet(val_m[:len(mels_gen)], test_m)
     return dict(prompt_family_accuracy=float(np.mean([hits[i] for i in one])), per_prompt_hit=hits,

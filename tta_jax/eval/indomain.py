@@ -286,17 +286,16 @@ class InDomainEvaluator:
 
 
 def half_scores(family_frames: np.ndarray) -> np.ndarray:
-    """Per-frame family logits [N, T', 17] -> per-half family log-probabilities [N, 2, 17]
-    (log-mean-exp over the frames of each half of the softmax-normalised frames)."""
+    """Per-frame family logits [N, T', 17] (T' >= 2) -> per-half family log-probabilities [N, 2, 17]
+    (log-mean-exp over the frames of each half of the per-frame log-softmax)."""
+    from scipy.special import log_softmax, logsumexp
+
     f = np.asarray(family_frames, np.float64)
-    lp = f - np.log(np.exp(f - f.max(-1, keepdims=True)).sum(-1, keepdims=True)) - f.max(-1, keepdims=True)
-    h = lp.shape[1] // 2
-
-    def lme(a):
-        m = a.max(1, keepdims=True)
-        return (m + np.log(np.exp(a - m).mean(1, keepdims=True)))[:, 0]
-
-    return np.stack([lme(lp[:, :h]), lme(lp[:, h:])], 1)
+    if f.ndim != 3 or f.shape[1] < 2:
+        raise ValueError(f"half_scores needs frame logits [N, T' >= 2, {len(SOURCES)}], got {f.shape}")
+    lp = log_softmax(f, axis=-1)
+    h = f.shape[1] // 2
+    return np.stack([logsumexp(lp[:, :h], 1) - np.log(h), logsumexp(lp[:, h:], 1) - np.log(f.shape[1] - h)], 1)
 
 
 def predicted_family_sets(out: Mapping[str, np.ndarray], ks: Sequence[int]) -> list[list[int]]:
@@ -305,9 +304,11 @@ def predicted_family_sets(out: Mapping[str, np.ndarray], ks: Sequence[int]) -> l
     k = 1: top-1 of the pooled ``family`` logits. k = 2 with per-frame logits: the embedded dataset
     lays a two-event clip out as one event per half (``data_pipeline.embedded.render_clip``), so the
     pair {a, b}, a != b, maximising log p_half1(a) + log p_half2(b) (either order); without frame
-    logits, the top-2 pooled families."""
+    logits (or with fewer than two frames), the top-2 pooled families."""
     fam = np.asarray(out["family"])
-    halves = half_scores(out["family_frames"]) if "family_frames" in out else None
+    frames = out.get("family_frames")
+    # clips too short for two output frames (< ~0.4 s) fall back to the pooled top-k
+    halves = half_scores(frames) if frames is not None and np.shape(frames)[1] >= 2 else None
     sets = []
     for i, k in enumerate(ks):
         if k == 2 and halves is not None:
