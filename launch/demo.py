@@ -203,7 +203,11 @@ def main(argv):
     metrics, mels_gen = evaluate(audio_all, [f for f in families for _ in range(k)])
     mels_gen = mels_gen[::k]
     write_grid(os.path.join(out, "grid.png"), mels_gen, prompts)
-    report = dict(config="configs/ezaudio_demo.py", steps=res.step, train_seconds_this_run=train_s,
+    from tta_jax.pipelines.tta import token_pca_of
+
+    pca = token_pca_of(config)
+    pca_info = None if pca is None else dict(k=pca.k, token_values=pca.dim, explained=pca.explained)
+    report = dict(config="configs/ezaudio_demo.py", steps=res.step, train_seconds_this_run=train_s, token_pca=pca_info,
                   sampling_seconds=sample_s, sampler=dict(config.sampler), num_clips=_NUM_CLIPS.value,
                   samples_per_prompt=k,
                   total_seconds_this_run=time.time() - t_all, **metrics)
@@ -211,6 +215,8 @@ def main(argv):
         json.dump(report, f, indent=1, default=str)
     lines = ["# tta-jax demo report", "",
              f"- model: EzAudio-style DiT (configs/ezaudio_demo.py), trained {res.step} steps",
+             *([] if pca is None else [f"- token PCA: {pca.k} of {pca.dim} token values, {100 * pca.explained:.1f}% of "
+                                       f"the training tokens' variance"]),
              f"- prompted-family accuracy (in-domain evaluator): {metrics['prompt_family_accuracy']:.2f} "
              f"over {len(FAMILY_PROMPTS)} one-family prompts x {k} clips (chance {metrics['chance']:.3f}); "
              f"{metrics['prompt_family_accuracy_all']:.2f} with the two-event prompts (both families right)",

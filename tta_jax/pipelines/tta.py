@@ -13,6 +13,7 @@ Config keys used (see ``configs/ezaudio_demo.py``): ``model`` (DiTConfig fields)
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -79,9 +80,13 @@ def patch_mask(mask: jax.Array, p: int) -> jax.Array:
     return mask.reshape(b, t // p, p).max(axis=-1)
 
 
-def patch_batch(batch: Mapping[str, Any], p: int) -> dict[str, Any]:
+def patch_batch(batch: Mapping[str, Any], p: int, pca=None) -> dict[str, Any]:
+    """Loader batch -> token batch: latent [B, T, C] -> [B, T/p, p*C] (-> [B, T/p, k] through ``pca``, a
+    :class:`tta_jax.codecs.token_pca.TokenPCA`), frame masks -> token masks."""
     out = dict(batch)
     out["latent"] = patchify(batch["latent"], p)
+    if pca is not None:
+        out["latent"] = pca.encode(out["latent"])
     for k in ("mask", "latent_valid"):
         if k in batch:
             out[k] = patch_mask(batch[k], p)
@@ -101,8 +106,24 @@ def cond_from_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
     return cond
 
 
-def make_loss_fn(model: DiT, config):
-    """-> ``loss_fn(params, batch, rng) -> (loss, metrics)`` for the trainer (pure)."""
+def token_pca_of(config):
+    """The fitted token PCA when ``config.data.token_pca = k > 0`` (cached in ``data.precomputed_dir``, fitted
+    from its training split on first use), else None."""
+    k = int(config.data.get("token_pca", 0) or 0)
+    if k <= 0:
+        return None
+    from tta_jax.codecs import token_pca
+
+    data_dir = config.data.precomputed_dir
+    if not data_dir or not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"config.data.token_pca={k} needs the precomputed data it was fitted on "
+                                f"(config.data.precomputed_dir={data_dir!r} is not a directory)")
+    return token_pca.load_or_fit(data_dir, int(config.data.patch_frames), k)
+
+
+def make_loss_fn(model: DiT, config, pca=None):
+    """-> ``loss_fn(params, batch, rng) -> (loss, metrics)`` for the trainer (pure). ``pca``: the token PCA
+    the denoiser works in (:func:`token_pca_of`), or None."""
     schedule = schedule_of(config)
     d = config.diffusion
     flow_time = dict(sampler=d.flow_time_sampler, shift=d.flow_shift)
@@ -111,9 +132,12 @@ def make_loss_fn(model: DiT, config):
         return model.apply({"params": params}, x_t, t, cond, train=True, rngs={"dropout": rng})
 
     p = int(config.data.patch_frames)
+    if pca is not None and (model.config.in_channels, model.config.out_channels) != (pca.k, pca.k):
+        raise ValueError(f"config.model.in_channels/out_channels = {model.config.in_channels}/"
+                         f"{model.config.out_channels}, but config.data.token_pca={pca.k} gives {pca.k}-channel tokens")
 
     def loss_fn(params, batch, rng):
-        batch = patch_batch(batch, p)
+        batch = patch_batch(batch, p, pca)
         loss_mask = batch.get("latent_valid")
         if "mask" in batch:  # EzAudio: loss only on frames to generate
             loss_mask = batch["mask"] if loss_mask is None else loss_mask * batch["mask"]
@@ -225,8 +249,9 @@ def build_task(config, mesh):
     frames = (lcfg.crop_frames or shapes["latent"][0][0]) // int(config.data.patch_frames)
     text_len = shapes["txt:text"][0][0] if "txt:text" in shapes else 1
     train_iter = iter(make_dataset(data_dir, lcfg))
+    pca = token_pca_of(config)
     return Task(init_fn=lambda rng: init_params(model, rng, frames, text_len),
-                loss_fn=make_loss_fn(model, config), train_iter=train_iter)
+                loss_fn=make_loss_fn(model, config, pca), train_iter=train_iter)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,6 +295,9 @@ def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, ste
     frames = (num_frames or config.data.crop_frames) // p
     lat = gen.generate(meta.unbox(params), text, mask, null, null_mask, jax.random.PRNGKey(seed),
                        num_frames=frames)
+    pca = token_pca_of(config)
+    if pca is not None:
+        lat = pca.decode(lat)
     lat = unpatchify(lat, p)
     codec = codec_from_config(config)
     audio = jax.jit(codec.decode)(codec.params, lat)

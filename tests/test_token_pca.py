@@ -1,0 +1,110 @@
+"""Token PCA: closed-form fit vs numpy's covariance eigendecomposition, exact round trip on low-rank data,
+the cached fit from precomputed shards, the pipeline wiring and the errors that name the file/key."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.core import meta
+
+from data_pipeline.records import encode_record, write_shard
+from tta_jax.codecs import token_pca as TP
+from tta_jax.pipelines import tta
+
+
+def _low_rank_tokens(n=600, d=24, r=5, seed=0):
+    rs = np.random.RandomState(seed)
+    a = rs.randn(r, d) * np.linspace(3.0, 0.5, r)[:, None]
+    return (rs.randn(n, r) @ a + rs.randn(d)).astype(np.float32)
+
+
+def test_fit_matches_numpy_and_round_trips_low_rank():
+    x = _low_rank_tokens()
+    pca = TP.fit([x[:250], x[250:]], k=5, patch_frames=2)  # chunked accumulation
+    ref = np.sort(np.linalg.eigvalsh(np.cov(x.astype(np.float64).T)))[::-1]
+    np.testing.assert_allclose(pca.eigenvalues[:5], ref[:5], rtol=1e-6)
+    np.testing.assert_allclose(pca.basis.T @ pca.basis, np.eye(5), atol=1e-5)
+    assert pca.explained > 0.999999
+    z = pca.encode(jnp.asarray(x))
+    assert z.shape == (600, 5)
+    np.testing.assert_allclose(np.asarray(pca.decode(z)), x, atol=2e-4 * np.abs(x).max())
+    # coordinates are centred and uncorrelated, with the eigenvalues as variances
+    np.testing.assert_allclose(np.cov(np.asarray(z, np.float64).T), np.diag(ref[:5]), atol=1e-3 * ref[0])
+    # dropping directions loses exactly their variance
+    p2 = TP.fit([x], k=2, patch_frames=2)
+    err = np.asarray(p2.decode(p2.encode(jnp.asarray(x)))) - x
+    np.testing.assert_allclose((err ** 2).sum(1).mean() * 600 / 599, ref[2:].sum(), rtol=1e-3)
+    assert p2.explained == pytest.approx(ref[:2].sum() / ref.sum(), rel=1e-6)
+    # deterministic (sign-fixed) fit
+    np.testing.assert_array_equal(TP.fit([x], 5, 2).basis, TP.fit([x[::-1]], 5, 2).basis)
+
+
+def test_fit_and_shape_errors():
+    x = _low_rank_tokens(d=8)
+    with pytest.raises(ValueError, match="k=9"):
+        TP.fit([x], k=9, patch_frames=1)
+    pca = TP.fit([x], k=3, patch_frames=1)
+    with pytest.raises(ValueError, match="7 values"):
+        pca.encode(jnp.zeros((2, 7)))
+    with pytest.raises(ValueError, match="4 channels"):
+        pca.decode(jnp.zeros((2, 4)))
+
+
+def _write_data(directory, n=12, frames=10, mels=4):
+    rs = np.random.RandomState(3)
+    recs = [encode_record({"latent": rs.randn(frames, mels).astype(np.float32), "split": "train" if i < 9 else "test",
+                           "key": f"c{i}"}) for i in range(n)]
+    write_shard(os.path.join(directory, "shard-00000-of-00001.array_record"), recs)
+    return rs
+
+
+def test_load_or_fit_caches_the_training_split(tmp_path):
+    d = str(tmp_path)
+    _write_data(d)
+    pca = TP.load_or_fit(d, patch_frames=2, k=3)
+    path = TP.cache_path(d, 2, 3)
+    assert os.path.exists(path)
+    again = TP.load_or_fit(d, patch_frames=2, k=3)  # from the cache
+    np.testing.assert_array_equal(pca.basis, again.basis)
+    np.testing.assert_array_equal(pca.mean, again.mean)
+    # the fit saw exactly the 9 training records (10 frames -> 5 tokens of 2 x 4 values each)
+    toks = list(TP._train_tokens(d, 2, "train", 100))
+    assert len(toks) == 9 and toks[0].shape == (5, 8)
+    ref = TP.fit(toks, 3, 2)
+    np.testing.assert_allclose(pca.basis, ref.basis, atol=1e-6)
+    with open(path, "wb") as f:
+        f.write(b"not an npz")
+    with pytest.raises(ValueError, match="token_pca-p2-k3.npz"):
+        TP.load_or_fit(d, patch_frames=2, k=3)
+    with pytest.raises(ValueError, match="split 'valid'"):
+        TP.load_or_fit(d, patch_frames=2, k=4, split="valid")
+
+
+def test_pipeline_trains_and_decodes_through_the_pca(tmp_path):
+    from configs.ezaudio_demo import get_config
+
+    d = str(tmp_path)
+    _write_data(d, frames=12)
+    c = get_config()
+    c.model.width, c.model.depth, c.model.num_heads, c.model.sola_rank = 32, 2, 2, 4
+    c.data.patch_frames, c.data.token_pca, c.data.precomputed_dir = 2, 3, d
+    c.model.in_channels = c.model.out_channels = 3
+    pca = tta.token_pca_of(c)
+    assert pca.k == 3 and pca.dim == 8
+    model = tta.DiT(tta.dit_config_from(c))
+    params = meta.unbox(tta.init_params(model, jax.random.PRNGKey(0), 6, 5))
+    rs = np.random.RandomState(0)
+    batch = {"latent": jnp.asarray(rs.randn(2, 12, 4), jnp.float32),
+             "text": jnp.asarray(rs.randn(2, 5, 384), jnp.float32), "text_mask": jnp.ones((2, 5), bool),
+             "mask": jnp.ones((2, 12))}
+    loss, _ = tta.make_loss_fn(model, c, pca)(params, batch, jax.random.PRNGKey(0))
+    assert np.isfinite(float(loss))
+    tok = tta.patch_batch(batch, 2, pca)
+    assert tok["latent"].shape == (2, 6, 3) and tok["mask"].shape == (2, 6)
+    c.model.in_channels = c.model.out_channels = 8  # a model for raw 8-value tokens cannot read the PCA's 3
+    with pytest.raises(ValueError, match="token_pca=3"):
+        tta.make_loss_fn(tta.DiT(tta.dit_config_from(c)), c, pca)
+    c.data.token_pca, c.data.precomputed_dir = 3, str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="precomputed_dir"):
+        tta.token_pca_of(c)

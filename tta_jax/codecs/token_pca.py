@@ -1,0 +1,161 @@
+"""Token PCA: a fixed, orthonormal linear stage between a codec's patched latent and the denoiser.
+
+A DiT token of ``p`` mel frames carries ``p * n_mels`` values (320 for the demo's 4 x 80), far more than a
+CPU-sized model's width, yet those values are highly redundant: on the embedded dataset the first 64
+principal directions of the 320-value tokens hold 99.1 % of the variance. Diffusing in the full 320-d space
+makes a narrow model spend its capacity on predicting (and failing to cancel) noise in directions the data
+never uses. This stage rotates each centred token onto its top-``k`` principal directions and drops the
+rest, so the diffusion runs in the ``k``-d subspace the data lives in:
+
+  z = (token - mean) @ basis        [B, N, p*C] -> [B, N, k]
+  token ~= z @ basis.T + mean       [B, N, k]   -> [B, N, p*C]
+
+``basis`` [p*C, k] has orthonormal columns, so the projection neither rescales nor mixes the kept
+directions' variances: the diffusion loss in ``z`` equals the mel-space MSE restricted to the subspace.
+The stage is fitted in closed form from the precomputed training split (no training) and cached next to
+the data as ``token_pca-p{p}-k{k}.npz``; it is part of the codec, so a run needs the same file to sample.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from typing import Iterable
+
+import jax.numpy as jnp
+import numpy as np
+
+FORMAT = "tta_jax.token_pca/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenPCA:
+    """``mean`` [D], ``basis`` [D, k] (orthonormal columns), ``eigenvalues`` [D] (all, descending)."""
+
+    mean: np.ndarray
+    basis: np.ndarray
+    eigenvalues: np.ndarray
+    patch_frames: int
+
+    @property
+    def dim(self) -> int:
+        return int(self.basis.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.basis.shape[1])
+
+    @property
+    def explained(self) -> float:
+        """Fraction of the token variance the kept directions hold."""
+        ev = np.maximum(self.eigenvalues, 0.0)
+        return float(ev[:self.k].sum() / max(ev.sum(), 1e-30))
+
+    def encode(self, tokens):
+        """[..., D] -> [..., k] (jax or numpy)."""
+        if tokens.shape[-1] != self.dim:
+            raise ValueError(f"TokenPCA.encode: tokens have {tokens.shape[-1]} values, the basis expects {self.dim}")
+        return (tokens - jnp.asarray(self.mean)) @ jnp.asarray(self.basis)
+
+    def decode(self, z):
+        """[..., k] -> [..., D]."""
+        if z.shape[-1] != self.k:
+            raise ValueError(f"TokenPCA.decode: z has {z.shape[-1]} channels, the basis keeps {self.k}")
+        return z @ jnp.asarray(self.basis).T + jnp.asarray(self.mean)
+
+
+def fit(tokens: Iterable[np.ndarray], k: int, patch_frames: int) -> TokenPCA:
+    """Closed-form PCA of token arrays ([N_i, D] each; any number of chunks) keeping ``k`` directions.
+
+    The sign of each direction is fixed (largest-magnitude entry positive) so the fit is deterministic."""
+    s = s2 = None
+    n = 0
+    for t in tokens:
+        t = np.asarray(t, np.float64).reshape(-1, np.shape(t)[-1])
+        if s is None:
+            s, s2 = np.zeros(t.shape[1]), np.zeros((t.shape[1], t.shape[1]))
+        s += t.sum(0)
+        s2 += t.T @ t
+        n += t.shape[0]
+    if n < 2:
+        raise ValueError("TokenPCA.fit: need at least 2 tokens")
+    d = s.shape[0]
+    if not 0 < k <= d:
+        raise ValueError(f"TokenPCA.fit: k={k} must be in [1, {d}] (token size)")
+    mean = s / n
+    cov = (s2 - n * np.outer(mean, mean)) / (n - 1)
+    w, v = np.linalg.eigh(cov)
+    w, v = w[::-1], v[:, ::-1]
+    v = v * np.where(v[np.abs(v).argmax(0), np.arange(d)] < 0, -1.0, 1.0)
+    return TokenPCA(mean.astype(np.float32), np.ascontiguousarray(v[:, :k], np.float32), w.astype(np.float64),
+                    int(patch_frames))
+
+
+def cache_path(data_dir: str, patch_frames: int, k: int) -> str:
+    return os.path.join(data_dir, f"token_pca-p{int(patch_frames)}-k{int(k)}.npz")
+
+
+def save(pca: TokenPCA, path: str) -> None:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, format=FORMAT, mean=pca.mean, basis=pca.basis, eigenvalues=pca.eigenvalues,
+             patch_frames=pca.patch_frames)
+    os.replace(tmp, path)
+
+
+def load(path: str) -> TokenPCA:
+    try:
+        with np.load(path) as f:
+            if str(f["format"]) != FORMAT:
+                raise ValueError(f"format {f['format']!r}, expected {FORMAT!r}")
+            pca = TokenPCA(f["mean"], f["basis"], f["eigenvalues"], int(f["patch_frames"]))
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"token PCA file {path}: {e}") from e
+    if pca.mean.shape != (pca.dim,) or pca.eigenvalues.shape != (pca.dim,):
+        raise ValueError(f"token PCA file {path}: mean {pca.mean.shape} / eigenvalues {pca.eigenvalues.shape} "
+                         f"do not match basis {pca.basis.shape}")
+    return pca
+
+
+def _train_tokens(data_dir: str, patch_frames: int, split: str, max_records: int):
+    """Patched latents [N, p*C] of the first ``max_records`` records of ``split`` (shard order)."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    from data_pipeline.records import decode_record
+
+    shards = sorted(glob.glob(os.path.join(data_dir, "shard-*.array_record")))
+    if not shards:
+        raise FileNotFoundError(f"no shard-*.array_record in {data_dir}: cannot fit the token PCA")
+    seen = 0
+    for path in shards:
+        reader = ArrayRecordReader(path)
+        try:
+            for raw in reader.read_all():
+                rec = decode_record(raw)
+                if rec.get("split", split) != split:
+                    continue
+                lat = np.asarray(rec["latent"], np.float32)
+                t = lat.shape[0] // patch_frames * patch_frames
+                if t:
+                    yield lat[:t].reshape(t // patch_frames, patch_frames * lat.shape[1])
+                    seen += 1
+                if seen >= max_records:
+                    return
+        finally:
+            reader.close()
+    if not seen:
+        raise ValueError(f"no records of split {split!r} in {data_dir}: cannot fit the token PCA")
+
+
+def load_or_fit(data_dir: str, patch_frames: int, k: int, *, split: str = "train",
+                max_records: int = 4096) -> TokenPCA:
+    """The cached fit for (data_dir, p, k), fitting it from the data on first use."""
+    path = cache_path(data_dir, patch_frames, k)
+    if os.path.exists(path):
+        pca = load(path)
+        if pca.k != k or pca.patch_frames != patch_frames:
+            raise ValueError(f"token PCA file {path} holds p={pca.patch_frames}, k={pca.k}; expected p={patch_frames}, "
+                             f"k={k}")
+        return pca
+    pca = fit(_train_tokens(data_dir, patch_frames, split, max_records), k, patch_frames)
+    save(pca, path)
+    return pca
