@@ -96,7 +96,7 @@ def cache_path(data_dir: str, patch_frames: int, k: int) -> str:
 
 
 def save(pca: TokenPCA, path: str) -> None:
-    tmp = path + ".tmp.npz"
+    tmp = f"{path}.{os.getpid()}.tmp.npz"  # one per process: hosts fitting at once do not collide
     np.savez(tmp, format=FORMAT, mean=pca.mean, basis=pca.basis, eigenvalues=pca.eigenvalues,
              patch_frames=pca.patch_frames)
     os.replace(tmp, path)
@@ -134,6 +134,9 @@ def _train_tokens(data_dir: str, patch_frames: int, split: str, max_records: int
                 if rec.get("split", split) != split:
                     continue
                 lat = np.asarray(rec["latent"], np.float32)
+                if not np.isfinite(lat).all():
+                    raise ValueError(f"record {rec.get('key', '?')!r} in {path}: non-finite latent values; "
+                                     "cannot fit the token PCA")
                 t = lat.shape[0] // patch_frames * patch_frames
                 if t:
                     yield lat[:t].reshape(t // patch_frames, patch_frames * lat.shape[1])
