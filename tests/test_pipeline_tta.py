@@ -15,6 +15,7 @@ def tiny():
     c = get_config()
     c.model.width, c.model.depth, c.model.num_heads, c.model.sola_rank = 32, 2, 2, 4
     c.data.patch_frames = 2
+    c.data.token_pca = 0  # raw tokens here; tests/test_token_pca.py covers the PCA path
     c.model.in_channels = c.model.out_channels = 8  # 2 frames x 4 bins
     c.sampler.num_steps = 4
     model = tta.DiT(tta.dit_config_from(c))

@@ -123,7 +123,8 @@ def token_pca_of(config):
 
 def make_loss_fn(model: DiT, config, pca=None):
     """-> ``loss_fn(params, batch, rng) -> (loss, metrics)`` for the trainer (pure). ``pca``: the token PCA
-    the denoiser works in (:func:`token_pca_of`), or None."""
+    the denoiser works in; by default the one ``config.data.token_pca`` names (:func:`token_pca_of`)."""
+    pca = token_pca_of(config) if pca is None else pca
     schedule = schedule_of(config)
     d = config.diffusion
     flow_time = dict(sampler=d.flow_time_sampler, shift=d.flow_shift)
