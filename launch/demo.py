@@ -163,7 +163,11 @@ def evaluate(audio, families):
     _, val_m, _, _ = indomain.embedded_arrays(n, seed, ("valid",))
     fd_gen = ev.frechet(mels_gen, test_m)
     fd_base = ev.frechet(val_m[:len(mels_gen)], test_m)
+    from tta_jax.eval.metrics import accuracy_vs_chance
+
+    vs_chance = accuracy_vs_chance(sum(hits[i] for i in one), len(one), 1.0 / len(names))
     return dict(prompt_family_accuracy=float(np.mean([hits[i] for i in one])), per_prompt_hit=hits,
+                prompt_family_vs_chance=vs_chance,
                 prompt_family_accuracy_all=float(np.mean(hits)),
                 predicted=[" + ".join(names[j] for j in p) for p in pred], fd_generated_vs_test=float(fd_gen),
                 fd_real_valid_vs_test=float(fd_base), evaluator_test_accuracy=ev.accuracy(test_m, test_l),
@@ -220,6 +224,9 @@ def main(argv):
              f"- prompted-family accuracy (in-domain evaluator): {metrics['prompt_family_accuracy']:.2f} "
              f"over {len(FAMILY_PROMPTS)} one-family prompts x {k} clips (chance {metrics['chance']:.3f}); "
              f"{metrics['prompt_family_accuracy_all']:.2f} with the two-event prompts (both families right)",
+             "- vs chance: {hits:.0f}/{n:.0f} hits, {times_chance:.1f}x chance, 95% Wilson interval "
+             "[{ci_low:.2f}, {ci_high:.2f}], one-sided binomial p = {p_value:.1e}".format(
+                 **metrics["prompt_family_vs_chance"]),
              f"- in-domain FD, generated vs real test: {metrics['fd_generated_vs_test']:.2f} "
              f"(real valid vs real test baseline: {metrics['fd_real_valid_vs_test']:.2f})",
              f"- evaluator accuracy on real test renders: {metrics['evaluator_test_accuracy']}",

@@ -127,3 +127,26 @@ def test_clap_scores():
     assert M.clap_audio_score(g, refs, groups=[[0, 1], [2], [3]]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="groups"):
         M.clap_audio_score(g, refs)
+
+
+def test_accuracy_vs_chance_against_first_principles():
+    import math
+
+    from tta_jax.eval.metrics import accuracy_vs_chance
+
+    for hits, n, chance in ((12, 68, 1 / 17), (0, 20, 0.1), (20, 20, 0.5), (31, 136, 1 / 17)):
+        r = accuracy_vs_chance(hits, n, chance)
+        p = hits / n
+        # Wilson interval = the p0 whose score test |p - p0| <= z sqrt(p0 (1 - p0) / n) accepts (dense grid)
+        grid = np.linspace(0, 1, 200001)
+        ok = grid[np.abs(p - grid) <= 1.96 * np.sqrt(grid * (1 - grid) / n) + 1e-12]
+        assert r["ci_low"] == pytest.approx(ok.min(), abs=2e-5)
+        assert r["ci_high"] == pytest.approx(ok.max(), abs=2e-5)
+        # exact one-sided binomial tail P(X >= hits | chance)
+        tail = sum(math.comb(n, k) * chance ** k * (1 - chance) ** (n - k) for k in range(hits, n + 1))
+        assert r["p_value"] == pytest.approx(tail, rel=1e-9)
+        assert r["accuracy"] == p and r["times_chance"] == pytest.approx(p / chance)
+    with pytest.raises(ValueError, match="hits=5, n=3"):
+        accuracy_vs_chance(5, 3, 0.1)
+    with pytest.raises(ValueError, match="chance=1.5"):
+        accuracy_vs_chance(1, 3, 1.5)

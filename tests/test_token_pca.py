@@ -40,6 +40,27 @@ def test_fit_matches_numpy_and_round_trips_low_rank():
     np.testing.assert_allclose(TP.fit([x], 5, 2).basis, TP.fit([x[::-1]], 5, 2).basis, atol=1e-5)
 
 
+def test_whitened_lifts_faint_directions_and_round_trips():
+    x = _low_rank_tokens()
+    pca = TP.fit([x], k=5, patch_frames=2)
+    lam = pca.eigenvalues[:5].astype(np.float64)
+    z0 = np.asarray(pca.encode(jnp.asarray(x)), np.float64)
+    assert pca.whitened(0.0).scale is None
+    # below = inf: full whitening, every kept direction unit variance and still uncorrelated
+    w = pca.whitened(float("inf"))
+    zw = np.asarray(w.encode(jnp.asarray(x)), np.float64)
+    np.testing.assert_allclose(np.cov(zw.T), np.eye(5), atol=1e-3)
+    np.testing.assert_allclose(zw, z0 / np.sqrt(lam), rtol=1e-4, atol=1e-5)
+    # below between the eigenvalues: faint directions at unit variance, loud ones at lambda / below
+    f = float(np.sqrt(lam[1] * lam[2]))
+    h = np.asarray(pca.whitened(f).encode(jnp.asarray(x)), np.float64)
+    np.testing.assert_allclose(h.var(0, ddof=1), np.maximum(lam / f, 1.0), rtol=1e-3)
+    # decode inverts the scale: the same reconstruction as the unscaled PCA
+    np.testing.assert_allclose(np.asarray(w.decode(jnp.asarray(zw, jnp.float32))), x, atol=2e-4 * np.abs(x).max())
+    with pytest.raises(ValueError, match="below=-1"):
+        pca.whitened(-1.0)
+
+
 def test_fit_and_shape_errors():
     x = _low_rank_tokens(d=8)
     with pytest.raises(ValueError, match="k=9"):
@@ -109,6 +130,12 @@ def test_pipeline_trains_and_decodes_through_the_pca(tmp_path):
     assert np.isfinite(float(loss))
     tok = tta.patch_batch(batch, 2, pca)
     assert tok["latent"].shape == (2, 6, 3) and tok["mask"].shape == (2, 6)
+    c.data.token_pca_whiten_below = float("inf")  # the config key reaches the PCA used for training/decoding
+    w = tta.token_pca_of(c)
+    np.testing.assert_allclose(w.scale, 1.0 / np.sqrt(pca.eigenvalues[:3]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(tta.patch_batch(batch, 2, w)["latent"]),
+                               np.asarray(tok["latent"]) * w.scale, rtol=1e-5, atol=1e-6)
+    c.data.token_pca_whiten_below = 0.0
     c.model.in_channels = c.model.out_channels = 8  # a model for raw 8-value tokens cannot read the PCA's 3
     with pytest.raises(ValueError, match="token_pca=3"):
         tta.make_loss_fn(tta.DiT(tta.dit_config_from(c)), c, pca)

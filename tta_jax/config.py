@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(dict(
         precomputed_dir="", split="train", num_workers=0, crop_frames=0, mask_partial_prob=-1.0, patch_frames=1,
-        token_pca=0,
+        token_pca=0, token_pca_whiten_below=0.0,
         source_kwargs=ml_collections.ConfigDict()))
     return c
 

@@ -260,3 +260,21 @@ __all__ = [
     "polynomial_kernel", "polynomial_mmd", "kernel_distance", "pair_by_name", "kl_divergence",
     "inception_score", "clap_score", "clap_audio_score",
 ]
+
+
+def accuracy_vs_chance(hits: int, n: int, chance: float, z: float = 1.96) -> dict[str, float]:
+    """``hits`` of ``n`` trials against a chance rate: the accuracy, its Wilson score interval (``z`` = 1.96:
+    95 %) and the exact one-sided binomial p-value of doing at least this well by chance."""
+    import scipy.stats
+
+    if n <= 0 or not 0 <= hits <= n:
+        raise ValueError(f"accuracy_vs_chance: need 0 <= hits <= n and n > 0, got hits={hits}, n={n}")
+    if not 0 < chance < 1:
+        raise ValueError(f"accuracy_vs_chance: chance={chance} must be in (0, 1)")
+    p = hits / n
+    den = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    pval = float(scipy.stats.binomtest(hits, n, chance, alternative="greater").pvalue)
+    return dict(accuracy=p, hits=float(hits), n=float(n), chance=chance, ci_low=float(max(centre - half, 0.0)),
+                ci_high=float(min(centre + half, 1.0)), p_value=pval, times_chance=p / chance)

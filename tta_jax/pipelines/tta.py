@@ -108,7 +108,8 @@ def cond_from_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
 
 def token_pca_of(config):
     """The fitted token PCA when ``config.data.token_pca = k > 0`` (cached in ``data.precomputed_dir``, fitted
-    from its training split on first use), else None."""
+    from its training split on first use), its directions fainter than ``config.data.token_pca_whiten_below``
+    scaled to unit variance (:meth:`TokenPCA.whitened`); else None."""
     k = int(config.data.get("token_pca", 0) or 0)
     if k <= 0:
         return None
@@ -118,7 +119,8 @@ def token_pca_of(config):
     if not data_dir or not os.path.isdir(data_dir):
         raise FileNotFoundError(f"config.data.token_pca={k} needs the precomputed data it was fitted on "
                                 f"(config.data.precomputed_dir={data_dir!r} is not a directory)")
-    return token_pca.load_or_fit(data_dir, int(config.data.patch_frames), k)
+    pca = token_pca.load_or_fit(data_dir, int(config.data.patch_frames), k)
+    return pca.whitened(float(config.data.get("token_pca_whiten_below", 0.0)))
 
 
 def make_loss_fn(model: DiT, config, pca=None):
