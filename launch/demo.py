@@ -210,7 +210,9 @@ def main(argv):
     from tta_jax.pipelines.tta import token_pca_of
 
     pca = token_pca_of(config)
-    pca_info = None if pca is None else dict(k=pca.k, token_values=pca.dim, explained=pca.explained)
+    whiten = float(config.data.get("token_pca_whiten_below", 0.0))
+    pca_info = None if pca is None else dict(k=pca.k, token_values=pca.dim, explained=pca.explained,
+                                             whiten_below=whiten)
     report = dict(config="configs/ezaudio_demo.py", steps=res.step, train_seconds_this_run=train_s, token_pca=pca_info,
                   sampling_seconds=sample_s, sampler=dict(config.sampler), num_clips=_NUM_CLIPS.value,
                   samples_per_prompt=k,
@@ -220,7 +222,8 @@ def main(argv):
     lines = ["# tta-jax demo report", "",
              f"- model: EzAudio-style DiT (configs/ezaudio_demo.py), trained {res.step} steps",
              *([] if pca is None else [f"- token PCA: {pca.k} of {pca.dim} token values, {100 * pca.explained:.1f}% of "
-                                       f"the training tokens' variance"]),
+                                       f"the training tokens' variance" + (
+                                           f", directions under variance {whiten:g} whitened" if whiten else "")]),
              f"- prompted-family accuracy (in-domain evaluator): {metrics['prompt_family_accuracy']:.2f} "
              f"over {len(FAMILY_PROMPTS)} one-family prompts x {k} clips (chance {metrics['chance']:.3f}); "
              f"{metrics['prompt_family_accuracy_all']:.2f} with the two-event prompts (both families right)",

@@ -51,6 +51,7 @@ def test_whitened_lifts_faint_directions_and_round_trips():
     zw = np.asarray(w.encode(jnp.asarray(x)), np.float64)
     np.testing.assert_allclose(np.cov(zw.T), np.eye(5), atol=1e-3)
     np.testing.assert_allclose(zw, z0 / np.sqrt(lam), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(w.whitened(float("inf")).scale, w.scale)  # re-applying does not compound
     # below between the eigenvalues: faint directions at unit variance, loud ones at lambda / below
     f = float(np.sqrt(lam[1] * lam[2]))
     h = np.asarray(pca.whitened(f).encode(jnp.asarray(x)), np.float64)

@@ -258,7 +258,7 @@ def frechet_audio_distance(embeddings_gen, embeddings_ref) -> float:
 __all__ = [
     "gaussian_stats", "frechet_distance_from_stats", "frechet_distance", "frechet_audio_distance",
     "polynomial_kernel", "polynomial_mmd", "kernel_distance", "pair_by_name", "kl_divergence",
-    "inception_score", "clap_score", "clap_audio_score",
+    "inception_score", "clap_score", "clap_audio_score", "accuracy_vs_chance",
 ]
 
 
