@@ -68,3 +68,48 @@ def test_generator_pads_context_and_pastes_back(tiny):
                           masked_latent=src, mask=edit_mask)
     keep = np.asarray(edit_mask) < 0.5
     np.testing.assert_array_equal(np.asarray(edited)[keep], np.asarray(src)[keep])
+
+
+def test_wiener_preconditioning_wiring(tiny):
+    """diffusion.precondition = "wiener": the network reads c_in x_t and the masked latent over its std, the
+    generator and the loss use the same wrapper, and a non-x0 objective or unknown kind names the key."""
+    c, model, params = tiny
+    c = c.copy_and_resolve_references()
+    c.diffusion.precondition = "wiener"
+    c.diffusion.sigma_data = 2.0
+    assert float(tta.precondition_var_of(c)) == 4.0
+    sched = tta.schedule_of(c)
+    seen = {}
+
+    def net(x, t, cond):
+        seen.update(x=x, cond=cond)
+        return jnp.zeros_like(x)
+
+    x_t = jnp.full((1, 3, 8), 3.0)
+    ml = jnp.full((1, 3, 8), 6.0)
+    out = tta.preconditioned(net, sched, 4.0)(x_t, jnp.array([999]), {"masked_latent": ml})
+    np.testing.assert_allclose(np.asarray(seen["x"]), 3.0, rtol=1e-6)   # zero SNR: c_in = 1
+    np.testing.assert_allclose(np.asarray(seen["cond"]["masked_latent"]), 3.0, rtol=1e-6)  # 6 / sqrt(4)
+    np.testing.assert_allclose(np.asarray(out), 0.0, atol=1e-6)  # c_skip = 0 at zero SNR
+    assert tta.preconditioned(net, sched, None) is net
+
+    gen = tta.generator_from_config(model, c)
+    assert float(gen.data_var) == 4.0
+    rs = np.random.RandomState(1)
+    text, mask = jnp.asarray(rs.randn(2, 5, 384), jnp.float32), jnp.ones((2, 5), bool)
+    null, null_mask = jnp.zeros((1, 5, 384)), jnp.ones((1, 5), bool)
+    pre = gen.generate(params, text, mask, null, null_mask, jax.random.PRNGKey(0), num_frames=6)
+    plain = tta.generator_from_config(model, tiny[0]).generate(params, text, mask, null, null_mask,
+                                                                jax.random.PRNGKey(0), num_frames=6)
+    assert np.isfinite(np.asarray(pre)).all() and not np.allclose(np.asarray(pre), np.asarray(plain))
+    batch = {"latent": jnp.asarray(rs.randn(2, 12, 4), jnp.float32), "text": text, "text_mask": mask}
+    loss, _ = tta.make_loss_fn(model, c)(params, batch, jax.random.PRNGKey(0))
+    assert np.isfinite(float(loss))
+
+    c.diffusion.prediction_type = "v_prediction"
+    with pytest.raises(ValueError, match="diffusion.precondition"):
+        tta.precondition_var_of(c)
+    c.diffusion.prediction_type = "sample"
+    c.diffusion.precondition = "edm"
+    with pytest.raises(ValueError, match="diffusion.precondition"):
+        tta.precondition_var_of(c)

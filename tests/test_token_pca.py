@@ -56,6 +56,10 @@ def test_whitened_lifts_faint_directions_and_round_trips():
     f = float(np.sqrt(lam[1] * lam[2]))
     h = np.asarray(pca.whitened(f).encode(jnp.asarray(x)), np.float64)
     np.testing.assert_allclose(h.var(0, ddof=1), np.maximum(lam / f, 1.0), rtol=1e-3)
+    # .variances: each encoded channel's variance, what the Wiener preconditioning assumes
+    for p_ in (pca, w, pca.whitened(f)):
+        np.testing.assert_allclose(p_.variances, np.asarray(p_.encode(jnp.asarray(x)), np.float64).var(0, ddof=1),
+                                   rtol=1e-3)
     # decode inverts the scale: the same reconstruction as the unscaled PCA
     np.testing.assert_allclose(np.asarray(w.decode(jnp.asarray(zw, jnp.float32))), x, atol=2e-4 * np.abs(x).max())
     with pytest.raises(ValueError, match="below=-1"):

@@ -117,6 +117,26 @@ def test_step_skips_nonfinite_and_keeps_state():
     assert np.isfinite(np.asarray(s3.params["w"])).all()
 
 
+def test_step_finiteness_check_is_not_copied_into_every_update():
+    """The guard's finiteness reduction must be computed once, not fused into each param/optimizer/EMA leaf's
+    update: with per-leaf ``where(finite, new, old)`` XLA:CPU copied the and-chain into every select (ops ~
+    leaves^2; 80 s to compile the demo DiT's step). 60 leaves here: the quadratic form had ~10k ands."""
+    n = 60
+
+    def init_fn(rng):
+        return {f"w{i:02d}": jnp.full((3,), 0.1 * i) for i in range(n)}
+
+    def loss_fn(params, batch, rng):
+        loss = sum(jnp.sum((p * batch["x"]) ** 2) for p in params.values())
+        return loss, {"loss": loss}
+
+    tx = optax.adamw(1e-2)
+    state = create_state(init_fn, tx, jax.random.PRNGKey(0))
+    hlo = jax.jit(make_train_step(loss_fn, tx, ema_decay=0.9)).lower(state, {"x": jnp.ones((3,))}).compile().as_text()
+    ands = sum(" and(" in line for line in hlo.splitlines())
+    assert ands < 10 * n, f"{ands} and-ops in the compiled step for {n} leaves"
+
+
 def test_microbatch_scan_matches_full_batch():
     init_fn, loss_fn = _lin_task()
     tx = optax.sgd(0.1)

@@ -37,6 +37,7 @@ CHOICES = {
     "diffusion.beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
     "diffusion.min_snr_variant": ("standard", "tango"),
     "diffusion.flow_time_sampler": ("uniform", "logit_normal"),
+    "diffusion.precondition": ("none", "wiener"),
     "sampler.name": SAMPLERS,
     "sampler.spacing": ("leading", "trailing", "linspace"),
     "sampler.guidance_mode": GUIDANCE_MODES,
@@ -65,7 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict(dict(
         beta_schedule="scaled_linear", num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
         zero_terminal_snr=False, prediction_type="epsilon", min_snr_gamma=0.0, min_snr_variant="standard",
-        flow_time_sampler="uniform", flow_shift=1.0, cond_drop_prob=0.1))
+        flow_time_sampler="uniform", flow_shift=1.0, cond_drop_prob=0.1, precondition="none", sigma_data=0.5,
+        precondition_loss_power=0.0))
 
     c.sampler = ml_collections.ConfigDict(dict(
         name="ddim", num_steps=50, spacing="leading", eta=0.0, steps_offset=0, set_alpha_to_one=True,

@@ -53,6 +53,12 @@ class TokenPCA:
         ev = np.maximum(self.eigenvalues, 0.0)
         return float(ev[:self.k].sum() / max(ev.sum(), 1e-30))
 
+    @property
+    def variances(self) -> np.ndarray:
+        """[k] variance of each encoded channel over the training tokens (eigenvalue x scale^2)."""
+        ev = np.maximum(self.eigenvalues[:self.k], 0.0)
+        return (ev if self.scale is None else ev * np.square(self.scale.astype(np.float64))).astype(np.float32)
+
     def encode(self, tokens):
         """[..., D] -> [..., k] (jax or numpy)."""
         if tokens.shape[-1] != self.dim:

@@ -78,6 +78,36 @@ def predict_x0_eps(schedule: DiffusionSchedule, x_t: jax.Array, out: jax.Array, 
     return x0_eps_from_output(schedule.prediction_type, x_t, out, _bcast(schedule.alphas_cumprod[t], x_t))
 
 
+def wiener_coefficients(alpha_bar: jax.Array, data_var: jax.Array):
+    """Per-dimension preconditioning of an x0-predicting denoiser -> ``(c_in, c_skip, c_out)``.
+
+    EDM's c_in / c_skip / c_out (Karras et al. 2022, with sigma_data^2 per dimension) for the VP process
+    ``x_t = sqrt(a) x0 + sqrt(1 - a) eps`` and zero-mean data of variance ``data_var`` per dimension:
+    ``c_skip x_t`` is the linear least-squares (Wiener) estimate of x0 from x_t, ``c_out^2`` its error
+    variance, ``c_in`` scales x_t to unit variance. So ``x0_hat = c_skip x_t + c_out F(c_in x_t)`` is the
+    Wiener estimate when the network F outputs 0 and F's target has unit variance in every dimension at every
+    t, however faint the dimension. At a zero-SNR step (a = 0): c_in = 1, c_skip = 0, c_out = sqrt(data_var).
+
+    alpha_bar: scalar or [B, 1, ..., 1]; data_var: scalar or [C] (the last axis). Shapes broadcast.
+    """
+    data_var = jnp.asarray(data_var, jnp.float32)
+    s = alpha_bar * data_var + (1.0 - alpha_bar)
+    c_in = jax.lax.rsqrt(s)
+    c_skip = jnp.sqrt(alpha_bar) * data_var / s
+    c_out = jnp.sqrt(data_var * (1.0 - alpha_bar) / s)
+    return c_in, c_skip, c_out
+
+
+def precondition_x0(schedule: DiffusionSchedule, data_var: jax.Array, x_t: jax.Array, t: jax.Array,
+                    net_fn: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """``x0_hat = c_skip x_t + c_out net_fn(c_in x_t)`` (:func:`wiener_coefficients`). x_t [B, ..., C];
+    t [B] int DDPM timesteps; data_var scalar or [C]; net_fn [B, ..., C] -> [B, ..., C]. The result is an
+    x0 prediction (``prediction_type = "sample"``)."""
+    c_in, c_skip, c_out = wiener_coefficients(_bcast(schedule.alphas_cumprod[t], x_t), data_var)
+    out = net_fn(c_in * x_t)
+    return c_skip * x_t + c_out * out.astype(jnp.float32)
+
+
 def min_snr_weight(schedule: DiffusionSchedule, t: jax.Array, gamma: float, *, variant: str = "standard"):
     """Min-SNR-gamma loss weights [B] (Hang et al. 2023).
 
@@ -120,7 +150,8 @@ def masked_mean(err: jax.Array, mask: jax.Array | None = None) -> jax.Array:
 def diffusion_loss(apply_fn: Callable[..., jax.Array], params: Any, batch: Mapping[str, Any], rng: jax.Array,
                    schedule: DiffusionSchedule, *, min_snr_gamma: float | None = None,
                    min_snr_variant: str = "standard", flow_time: Mapping[str, Any] | None = None,
-                   apply_kwargs: Mapping[str, Any] | None = None):
+                   apply_kwargs: Mapping[str, Any] | None = None,
+                   error_weight: Callable[[jax.Array, jax.Array], jax.Array] | None = None):
     """Denoising loss for one batch: ``(scalar, metrics)``. Pure.
 
     Args:
@@ -131,6 +162,8 @@ def diffusion_loss(apply_fn: Callable[..., jax.Array], params: Any, batch: Mappi
       schedule: its ``prediction_type`` picks the target; "flow" switches to rectified flow with times
         from ``flow_time`` (kwargs of :func:`sample_flow_time`) and model timestep ``sigma * N``.
       min_snr_gamma: if set, min-SNR weighting (``min_snr_variant``: standard or tango). DDPM only.
+      error_weight: optional ``(t [B], x0) -> weights`` broadcastable to x0, multiplying the squared error
+        element-wise before the masked mean (e.g. per-channel weights of a preconditioned denoiser).
     """
     x0 = batch["latent"]
     cond = batch.get("cond", {})
@@ -153,6 +186,8 @@ def diffusion_loss(apply_fn: Callable[..., jax.Array], params: Any, batch: Mappi
                   if min_snr_gamma else jnp.ones((b,), x0.dtype))
     out = apply_fn(params, x_t, model_t, cond, k_model, **dict(apply_kwargs or {}))
     err = jnp.square(out.astype(jnp.float32) - tgt.astype(jnp.float32))
+    if error_weight is not None:
+        err = err * error_weight(model_t, x0)
     per_sample = masked_mean(err, mask)
     loss = jnp.mean(per_sample * weight)
     metrics = {"loss": loss, "mse": jnp.mean(per_sample)}

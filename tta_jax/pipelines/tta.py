@@ -8,7 +8,7 @@ loader emits span masks (``data.mask_partial_prob``).
 
 Config keys used (see ``configs/ezaudio_demo.py``): ``model`` (DiTConfig fields), ``diffusion``,
 ``sampler``, ``data.precomputed_dir``, ``data.crop_frames``, ``data.mask_partial_prob``,
-``diffusion.cond_drop_prob``, ``train.batch_size``, ``seed``.
+``diffusion.cond_drop_prob``, ``diffusion.precondition``, ``train.batch_size``, ``seed``.
 """
 from __future__ import annotations
 
@@ -123,6 +123,61 @@ def token_pca_of(config):
     return pca.whitened(float(config.data.get("token_pca_whiten_below", 0.0)))
 
 
+def precondition_var_of(config, pca=None):
+    """Per-channel data variance for ``config.diffusion.precondition = "wiener"`` (else None): the token PCA's
+    channel variances [k] when the config names one (``pca``, or :func:`token_pca_of`), else the scalar
+    ``diffusion.sigma_data ** 2``. The preconditioned denoiser predicts x0, so it needs
+    ``diffusion.prediction_type = "sample"``."""
+    d = config.diffusion
+    kind = d.get("precondition", "none")
+    if kind in (None, "", "none"):
+        return None
+    if kind != "wiener":
+        raise ValueError(f"config key 'diffusion.precondition' = {kind!r} is not one of ['none', 'wiener']")
+    if d.prediction_type != "sample":
+        raise ValueError(f"config key 'diffusion.precondition' = 'wiener' wraps an x0-predicting denoiser; it "
+                         f"needs diffusion.prediction_type = 'sample', got {d.prediction_type!r}")
+    pca = token_pca_of(config) if pca is None else pca
+    if pca is not None:
+        return jnp.asarray(pca.variances)
+    return jnp.float32(float(d.sigma_data) ** 2)
+
+
+def preconditioned(net_fn: Callable, schedule: D.DiffusionSchedule, data_var) -> Callable:
+    """``net_fn(x [B, T, C], t [B], cond) -> out`` -> the same signature returning the Wiener-preconditioned x0
+    estimate (:func:`tta_jax.diffusion.objectives.precondition_x0`); identity when ``data_var`` is None. The
+    clean latent of EzAudio's masked-diffusion input (``cond["masked_latent"]``) is scaled by ``1/sqrt(data_var)``
+    too, so everything the network reads has unit variance per channel."""
+    if data_var is None:
+        return net_fn
+    inv_std = jax.lax.rsqrt(jnp.asarray(data_var, jnp.float32))
+
+    def fn(x_t, t, cond):
+        if "masked_latent" in cond:
+            cond = dict(cond, masked_latent=cond["masked_latent"] * inv_std)
+        return D.precondition_x0(schedule, data_var, x_t, t, lambda x_in: net_fn(x_in, t, cond))
+
+    return fn
+
+
+def precondition_loss_weight(schedule: D.DiffusionSchedule, data_var, power: float):
+    """Loss weights of a Wiener-preconditioned denoiser (``diffusion.precondition_loss_power`` p): the x0 error
+    times ``c_out^(-2p)``. p = 0 is the plain x0 loss, which weighs each channel by its posterior variance (at
+    high t the loud channels dominate); p = 1 is EDM's: the network's own output error, every channel and t
+    alike. -> ``(t [B], x0 [B, T, C]) -> [B, 1, C]`` weights, or None for p = 0 or no preconditioning."""
+    if data_var is None or power == 0.0:
+        return None
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"config key 'diffusion.precondition_loss_power' = {power} must be in [0, 1]")
+
+    def weight(t, x0):
+        a = schedule.alphas_cumprod[t].reshape((-1,) + (1,) * (x0.ndim - 1))
+        _, _, c_out = D.wiener_coefficients(a, data_var)
+        return jnp.power(jnp.square(c_out), -power)
+
+    return weight
+
+
 def make_loss_fn(model: DiT, config, pca=None):
     """-> ``loss_fn(params, batch, rng) -> (loss, metrics)`` for the trainer (pure). ``pca``: the token PCA
     the denoiser works in; by default the one ``config.data.token_pca`` names (:func:`token_pca_of`)."""
@@ -131,8 +186,14 @@ def make_loss_fn(model: DiT, config, pca=None):
     d = config.diffusion
     flow_time = dict(sampler=d.flow_time_sampler, shift=d.flow_shift)
 
+    data_var = precondition_var_of(config, pca)
+    error_weight = precondition_loss_weight(schedule, data_var, float(d.get("precondition_loss_power", 0.0)))
+
     def apply_fn(params, x_t, t, cond, rng):
-        return model.apply({"params": params}, x_t, t, cond, train=True, rngs={"dropout": rng})
+        def net(x, t_, c):
+            return model.apply({"params": params}, x, t_, c, train=True, rngs={"dropout": rng})
+
+        return preconditioned(net, schedule, data_var)(x_t, t, cond)
 
     p = int(config.data.patch_frames)
     if pca is not None and (model.config.in_channels, model.config.out_channels) != (pca.k, pca.k):
@@ -147,7 +208,8 @@ def make_loss_fn(model: DiT, config, pca=None):
         b = {"latent": batch["latent"], "cond": cond_from_batch(batch), "loss_mask": loss_mask}
         return D.diffusion_loss(apply_fn, params, b, rng, schedule,
                                 min_snr_gamma=d.min_snr_gamma or None, min_snr_variant=d.min_snr_variant,
-                                flow_time=flow_time if d.prediction_type == "flow" else None)
+                                flow_time=flow_time if d.prediction_type == "flow" else None,
+                                error_weight=error_weight)
 
     return loss_fn
 
@@ -166,6 +228,7 @@ class Generator:
     guidance_scale: float = 3.0
     guidance_rescale: float = 0.0
     guidance_mode: str = "cfg"
+    data_var: Any = None   # per-channel data variance of a Wiener-preconditioned denoiser (precondition_var_of)
 
     def __post_init__(self):
         self._jitted = jax.jit(self._generate, static_argnames=("num_frames",))
@@ -182,8 +245,10 @@ class Generator:
             cond.update(mask=mask, masked_latent=masked_latent)
             uncond.update(mask=mask, masked_latent=masked_latent)
 
-        def model_fn(x, t, cd):
+        def net(x, t, cd):
             return self.model.apply({"params": params}, x, t, cd, train=False)
+
+        model_fn = preconditioned(net, self.schedule, self.data_var)
 
         denoise = D.cfg_denoiser(model_fn, cond, uncond, scale=self.guidance_scale,
                                  rescale=self.guidance_rescale, mode=self.guidance_mode)
@@ -219,7 +284,7 @@ def generator_from_config(model: DiT, config, **sampler_overrides) -> Generator:
     s = config.sampler
     return Generator(model=model, schedule=schedule_of(config), sampler=sampler_of(config, **sampler_overrides),
                      guidance_scale=s.guidance_scale, guidance_rescale=s.guidance_rescale,
-                     guidance_mode=s.guidance_mode)
+                     guidance_mode=s.guidance_mode, data_var=precondition_var_of(config))
 
 
 def init_params(model: DiT, rng, num_frames: int, context_len: int):

@@ -45,6 +45,7 @@ import optax
 from tta_jax.codecs import vae_losses as VL
 from tta_jax.codecs.oobleck import OobleckConfig, OobleckVAE, get_config as oobleck_preset, kl_loss
 from tta_jax.train.optim import decay_mask
+from tta_jax.train.step import all_finite, select_tree
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +148,6 @@ def _as_channels(audio, c):
     return audio[..., None] if audio.ndim == 2 and c == 1 else audio
 
 
-def _finite(tree):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
 
 def make_gan_train_step(vae: OobleckVAE, disc: VL.MultiScaleSTFTDiscriminator, gen_tx, disc_tx,
                         loss_cfg: GANLossConfig = GANLossConfig()):
@@ -188,7 +186,7 @@ def make_gan_train_step(vae: OobleckVAE, disc: VL.MultiScaleSTFTDiscriminator, g
             return VL.discriminator_loss(rl, fl, lc.adv_kind)
 
         d_total, d_grads = jax.value_and_grad(disc_loss)(state.disc_params)
-        finite = _finite((g_total, g_grads, d_total, d_grads))
+        finite = all_finite((g_total, g_grads, d_total, d_grads))
 
         g_up, g_opt = gen_tx.update(g_grads, state.opt_state, state.params)
         g_new = optax.apply_updates(state.params, g_up)
@@ -196,14 +194,10 @@ def make_gan_train_step(vae: OobleckVAE, disc: VL.MultiScaleSTFTDiscriminator, g
         d_new = optax.apply_updates(state.disc_params, d_up)
         d_ok = finite & (adv_on > 0)
 
-        def pick(ok, new, old):
-            return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-
+        g_params, g_opt = select_tree(finite, (g_new, g_opt), (state.params, state.opt_state))
+        d_params, d_opt = select_tree(d_ok, (d_new, d_opt), (state.disc_params, state.disc_opt_state))
         new_state = state.replace(
-            step=state.step + 1, params=pick(finite, g_new, state.params),
-            opt_state=pick(finite, g_opt, state.opt_state),
-            disc_params=pick(d_ok, d_new, state.disc_params),
-            disc_opt_state=pick(d_ok, d_opt, state.disc_opt_state),
+            step=state.step + 1, params=g_params, opt_state=g_opt, disc_params=d_params, disc_opt_state=d_opt,
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
         metrics = dict(gm, gen_loss=g_total, disc_loss=d_total, finite=finite.astype(jnp.float32),
                        gen_grad_norm=optax.global_norm(g_grads), disc_grad_norm=optax.global_norm(d_grads))
