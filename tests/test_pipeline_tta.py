@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax.core import meta
 
 from configs.ezaudio_demo import get_config
+from tta_jax import diffusion as D
 from tta_jax.pipelines import tta
 
 
@@ -105,6 +106,16 @@ def test_wiener_preconditioning_wiring(tiny):
     batch = {"latent": jnp.asarray(rs.randn(2, 12, 4), jnp.float32), "text": text, "text_mask": mask}
     loss, _ = tta.make_loss_fn(model, c)(params, batch, jax.random.PRNGKey(0))
     assert np.isfinite(float(loss))
+
+    # precondition_loss_power = 1: the loss is the network's own (normalised) error, c_out^-2 times the x0 error
+    w = tta.precondition_loss_weight(sched, jnp.asarray([4.0, 0.25]), 1.0)(jnp.array([999, 0]), jnp.zeros((2, 3, 2)))
+    _, _, c_out = D.wiener_coefficients(sched.alphas_cumprod[jnp.array([999, 0])][:, None, None], jnp.asarray([4.0, 0.25]))
+    np.testing.assert_allclose(np.asarray(w), 1.0 / np.asarray(c_out) ** 2, rtol=1e-5)
+    assert w.shape == (2, 1, 2) and tta.precondition_loss_weight(sched, 4.0, 0.0) is None
+    with pytest.raises(ValueError, match="precondition_loss_power"):
+        tta.precondition_loss_weight(sched, 4.0, 1.5)
+    with pytest.raises(ValueError, match="precondition_loss_power.*'wiener'"):
+        tta.precondition_loss_weight(sched, None, 0.5)
 
     c.diffusion.prediction_type = "v_prediction"
     with pytest.raises(ValueError, match="diffusion.precondition"):

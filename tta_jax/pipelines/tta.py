@@ -165,10 +165,13 @@ def precondition_loss_weight(schedule: D.DiffusionSchedule, data_var, power: flo
     times ``c_out^(-2p)``. p = 0 is the plain x0 loss, which weighs each channel by its posterior variance (at
     high t the loud channels dominate); p = 1 is EDM's: the network's own output error, every channel and t
     alike. -> ``(t [B], x0 [B, T, C]) -> [B, 1, C]`` weights, or None for p = 0 or no preconditioning."""
-    if data_var is None or power == 0.0:
-        return None
     if not 0.0 <= power <= 1.0:
         raise ValueError(f"config key 'diffusion.precondition_loss_power' = {power} must be in [0, 1]")
+    if power != 0.0 and data_var is None:
+        raise ValueError(f"config key 'diffusion.precondition_loss_power' = {power} weights a preconditioned "
+                         f"denoiser's loss; set diffusion.precondition = 'wiener' too (it is 'none')")
+    if data_var is None or power == 0.0:
+        return None
 
     def weight(t, x0):
         a = schedule.alphas_cumprod[t].reshape((-1,) + (1,) * (x0.ndim - 1))

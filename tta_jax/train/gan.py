@@ -148,7 +148,6 @@ def _as_channels(audio, c):
     return audio[..., None] if audio.ndim == 2 and c == 1 else audio
 
 
-
 def make_gan_train_step(vae: OobleckVAE, disc: VL.MultiScaleSTFTDiscriminator, gen_tx, disc_tx,
                         loss_cfg: GANLossConfig = GANLossConfig()):
     """-> ``step(state: GANState, audio [B, T] or [B, T, C]) -> (state, metrics)``; pure, jit it.
