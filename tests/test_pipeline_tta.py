@@ -79,6 +79,10 @@ def test_wiener_preconditioning_wiring(tiny):
     c.diffusion.precondition = "wiener"
     c.diffusion.sigma_data = 2.0
     assert float(tta.precondition_var_of(c)) == 4.0
+    bad = c.copy_and_resolve_references()
+    bad.diffusion.sigma_data = 0.0
+    with pytest.raises(ValueError, match="diffusion.sigma_data"):
+        tta.precondition_var_of(bad)
     sched = tta.schedule_of(c)
     seen = {}
 

@@ -140,6 +140,8 @@ def precondition_var_of(config, pca=None):
     pca = token_pca_of(config) if pca is None else pca
     if pca is not None:
         return jnp.asarray(pca.variances)
+    if not float(d.sigma_data) > 0.0:
+        raise ValueError(f"config key 'diffusion.sigma_data' = {d.sigma_data} must be > 0 (the data's std)")
     return jnp.float32(float(d.sigma_data) ** 2)
 
 
