@@ -4,7 +4,7 @@ Run:      make demo        (or: python -m launch.demo --out outputs/demo)
 Training alone, on an existing precompute:
           python -m launch.train --config configs/ezaudio_demo.py --workdir /tmp/demo \
               --config.data.precomputed_dir=outputs/demo/data
-Expected: about 2600-3000 of the 3400 steps fit in the 14-minute budget on 2 cores; the prompted family
+Expected: about 2500-3100 of the 3400 steps fit in the 14-minute budget on 2 cores; the prompted family
           is recognised in 0.43 of the sampled clips (29/68, chance 1/17; measured 2026-11-22; 0.25 with
           --config.seed=1), in-domain FD 169-172 vs 52 real-vs-real: well above chance, not yet a model that
           follows every prompt (README, "What `make demo` does"); see outputs/demo/report.md.
