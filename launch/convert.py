@@ -15,8 +15,9 @@ Families: ezaudio_dit, diffusers_unet, oobleck, kl_vae, hifigan, bigvgan, bert, 
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from launch import cli
 from tta_jax.convert.registry import FAMILIES, convert, parse_config  # noqa: F401  (re-exported)
 
 _FAMILY = flags.DEFINE_string("family", None, "model family (see module docstring)", required=True)
@@ -35,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

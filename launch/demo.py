@@ -19,12 +19,13 @@ import os
 import sys
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
+
+from launch import cli
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "configs", "ezaudio_demo.py"),
-                                          "experiment config")
+_CONFIG = cli.define_config_file("config", os.path.join(_ROOT, "configs", "ezaudio_demo.py"),
+                                 "experiment config")
 _OUT = flags.DEFINE_string("out", "outputs/demo", "output directory")
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 2000, "embedded dataset size (4 s clips)")
 _MINUTES = flags.DEFINE_float("train_minutes", 14.0, "wall-clock training budget (minutes)")
@@ -181,6 +182,7 @@ def main(argv):
     import soundfile as sf
 
     out = _OUT.value
+    cli.check_output_dir(out, "--out")
     os.makedirs(out, exist_ok=True)
     t_all = time.time()
     config = _CONFIG.value
@@ -247,4 +249,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import os
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from data_pipeline.build import build_codec, build_examples, build_text, precompute_config
+from launch import cli
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "data_pipeline", "precompute_config.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "precompute config file")
+_CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG, "precompute config file")
 _OUT = flags.DEFINE_string("out", None, "output directory", required=True)
 _PI = flags.DEFINE_integer("process_index", -1, "this process (-1: jax.process_index())")
 _PC = flags.DEFINE_integer("process_count", -1, "number of processes (-1: jax.process_count())")
@@ -46,6 +46,7 @@ def main(argv):
     pi = jax.process_index() if _PI.value < 0 else _PI.value
     pc = jax.process_count() if _PC.value < 0 else _PC.value
     out = _OUT.value
+    cli.check_output_dir(out, "--out")
     os.makedirs(out, exist_ok=True)
     examples = build_examples(c, out, progress=_PROGRESS.value)
     encode_audio, codec_id = build_codec(c)
@@ -63,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

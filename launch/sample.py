@@ -20,6 +20,9 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from launch import cli
+from tta_jax.errors import UserError
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: DIR/config.json).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Text prompt (repeat for several).")
@@ -32,20 +35,42 @@ _RESCALE = flags.DEFINE_float("rescale", None, "CFG rescale phi (default: the co
 _RAW = flags.DEFINE_bool("no_ema", False, "Use the raw params instead of the EMA.")
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Finished checkpoint steps under ``workdir/checkpoints`` (numbered step folders), ascending."""
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
 def load_config(workdir: str, config=None):
     if config is not None:
         return config
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: pass --config configs/X.py")
+        if not checkpoint_steps(workdir):
+            raise UserError(f"no training run in {workdir} (no config.json / checkpoints)")
+        raise UserError(f"{path} not found: pass --config configs/X.py (the run's config file)")
     import ml_collections
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        try:
+            return ml_collections.ConfigDict(json.load(f))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON ({e})") from e
+
+
+def check_checkpoint(workdir: str, step: int | None) -> None:
+    """Raises :class:`UserError` naming the checkpoints folder when the (requested) step is not there."""
+    steps = checkpoint_steps(workdir)
+    where = os.path.join(workdir, "checkpoints")
+    if not steps:
+        raise UserError(f"no checkpoints in {where}: train first (python -m launch.train --workdir {workdir})")
+    if step is not None and step not in steps:
+        raise UserError(f"no checkpoint for --step {step} in {where} (have {steps[:10]}"
+                        f"{' ...' if len(steps) > 10 else ''})")
 
 
 def resolve(dotted: str, key: str):
     if not isinstance(dotted, str) or ":" not in dotted:
-        raise ValueError(f"config.{key}={dotted!r}: expected 'module.path:function'")
+        raise UserError(f"config.{key}={dotted!r}: expected 'module.path:function'")
     mod, fn = dotted.split(":")
     return getattr(importlib.import_module(mod), fn)
 
@@ -55,12 +80,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not _WORKDIR.value or not _OUT.value or not _PROMPT.value:
         raise app.UsageError("--workdir, --out and at least one --prompt are required")
-    from tta_jax.train.checkpoint import load_params
+    cli.check_output_dir(_OUT.value, "--out")
     config = load_config(_WORKDIR.value, _CONFIG.value)
+    check_checkpoint(_WORKDIR.value, _STEP.value)
+    from tta_jax.train.checkpoint import load_params
     pipeline = config.get("sample_pipeline", None)
     if not pipeline:
-        raise app.UsageError("config.sample_pipeline is not set: this system has no sampling pipeline "
-                             "(expected 'module.path:function')")
+        raise UserError("config.sample_pipeline is not set: this system has no sampling pipeline "
+                        "(expected 'module.path:function')")
     fn = resolve(pipeline, "sample_pipeline")
     params, step = load_params(_WORKDIR.value, step=_STEP.value, ema=not _RAW.value)
     logging.info("loaded %s params from step %d", "raw" if _RAW.value else "EMA", step)
@@ -72,4 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -7,6 +7,9 @@ r"""Train any system: ``python -m launch.train --config configs/X.py --workdir D
 * Multi-host: ``jax.distributed.initialize()`` runs when a cluster environment is detected (TPU pod
   slice with several workers, SLURM with several tasks, or JAX_COORDINATOR_ADDRESS set), or always /
   never with ``--distributed=on|off``. See launch/tpu/run.sh and launch/gpu/slurm.sbatch.
+* A user error (unknown config key, missing file, invalid value) prints one ``error: ...`` line and exits
+  with status 2; the config is validated before ``DIR/config.json`` is written. ``--verbose`` adds the
+  traceback (launch/cli.py).
 
 Smoke test (CPU, ~1 min): ``python -m launch.train --config tta_jax/train/toy.py --workdir /tmp/toy``
 """
@@ -19,6 +22,8 @@ import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config()).",
                                           lock_config=True)
@@ -55,6 +60,7 @@ def main(argv):
         raise app.UsageError("--config is required")
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
+    cli.check_output_dir(_WORKDIR.value, "--workdir")
     import jax
     if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and cluster_detected()):
         jax.distributed.initialize()
@@ -67,10 +73,14 @@ def main(argv):
 
     config = _CONFIG.value
     workdir = _WORKDIR.value
+    # Validate before anything is written: an invalid config leaves no config.json behind.
     if "diffusion" in config:  # experiment configs built on tta_jax.config.base_config(): full schema check
         from tta_jax.config import validate_config
 
         validate_config(config)
+    from tta_jax.train.config import validate_trainer_config
+
+    validate_trainer_config(config, num_processes=jax.process_count())
     logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(),
                  jax.devices()[0].platform)
@@ -93,4 +103,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    cli.run(main)

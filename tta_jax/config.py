@@ -26,11 +26,7 @@ import ml_collections
 from tta_jax.diffusion.guidance import GUIDANCE_MODES
 from tta_jax.diffusion.samplers import SAMPLERS
 from tta_jax.diffusion.schedules import PREDICTION_TYPES
-
-
-class ConfigError(ValueError):
-    """An invalid config; the message names the key."""
-
+from tta_jax.errors import ConfigError  # noqa: F401  (re-exported: the one config error)
 
 CHOICES = {
     "diffusion.prediction_type": PREDICTION_TYPES,

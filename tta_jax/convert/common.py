@@ -11,18 +11,32 @@ nested Flax param tree. This module holds the pieces every family needs:
 """
 from __future__ import annotations
 
+import collections
+import contextlib
+import contextvars
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Iterable, Mapping
+import re
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
+
+from tta_jax.errors import UserError
 
 Array = np.ndarray
 
 
-class ConversionError(ValueError):
-    """A checkpoint does not match the target architecture; the message names every bad key."""
+class ConversionError(UserError, ValueError):
+    """A checkpoint does not match the target architecture; the message names every bad key.
+
+    ``report``: the :class:`ConversionReport` when the error comes from the key bookkeeping;
+    ``details``: every problem, one per line (the command-line tools print it with ``--verbose``).
+    """
+
+    def __init__(self, *args, report: "ConversionReport | None" = None, details: str | None = None):
+        super().__init__(*args, details=details)
+        self.report = report
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,6 +174,9 @@ class ConversionReport:
     missing: list[str] = dataclasses.field(default_factory=list)  # target params not filled
     mismatched: list[str] = dataclasses.field(default_factory=list)  # "name: got X, expected Y"
     mapping: dict[str, str] = dataclasses.field(default_factory=dict)  # target param -> source key
+    # every source key / target param with its shape (for the architecture hint of :meth:`headline`)
+    source_shapes: dict[str, tuple] | None = dataclasses.field(default=None, repr=False)
+    target_shapes: dict[str, tuple] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -175,10 +192,109 @@ class ConversionReport:
                 lines.append(f"{len(items)} {title}: {shown}")
         return "; ".join(lines) if lines else "all keys matched"
 
+    def problems(self) -> list[str]:
+        """Every problem, one short line each: ``missing NAME``, ``unexpected KEY``, ``shape NAME: ...``."""
+        return ([f"missing {k}" for k in self.missing] + [f"unexpected {k}" for k in self.unexpected]
+                + [f"shape {k}" for k in self.mismatched])
+
+    def details(self) -> str:
+        return "\n".join(self.problems())
+
+    def headline(self, what: str = "checkpoint", limit: int = 10) -> str:
+        """One line: counts per kind, an architecture hint when the two sides differ in size, the first
+        ``limit`` problems (taken from each kind in turn) and how many more there are."""
+        n = len(self.missing) + len(self.unexpected) + len(self.mismatched)
+        if not n:
+            return f"{what}: all keys matched"
+        kinds = [f"{k} {name}" for k, name in ((len(self.missing), "missing"),
+                                                (len(self.unexpected), "unexpected"),
+                                                (len(self.mismatched), "shape mismatches")) if k]
+        text = f"{what}: checkpoint does not match the model: {n} problem{'s' * (n != 1)} ({', '.join(kinds)})"
+        hint = architecture_hint(self.source_shapes, self.target_shapes)
+        if hint:
+            text += f"; {hint}"
+        queues = [[f"missing {k}" for k in self.missing], [f"unexpected {k}" for k in self.unexpected],
+                  [f"shape {re.sub(r' [(]from [^)]*[)]', '', k)}" for k in self.mismatched]]
+        first: list[str] = []
+        while len(first) < min(limit, n):
+            for q in queues:
+                if q and len(first) < limit:
+                    first.append(q.pop(0))
+        text += f"; first {len(first)}: " if n > len(first) else ": "
+        text += "; ".join(first)
+        if n > len(first):
+            text += f"; {n - len(first)} more (--verbose lists all)"
+        return text
+
+
+_INDEXED = re.compile(r"^(.*?)_(\d+)$")
+
+
+def shape_profile(shapes: Mapping[str, tuple] | None) -> tuple[dict[str, int], int | None]:
+    """Cheap, family-independent size summary of a flat ``{name: shape}``.
+
+    Returns ``({container: number of layers}, width)``: a container is a name followed by consecutive
+    indices from 0 (``blocks.0`` ... or ``blocks_0`` ...; index sets like ``mlp.0, mlp.2`` are not layer
+    stacks), and the width is the most common dimension (> 3) over all shapes.
+    """
+    if not shapes:
+        return {}, None
+    stacks: dict[str, set[int]] = collections.defaultdict(set)
+    dims: collections.Counter = collections.Counter()
+    for name, shape in shapes.items():
+        tokens: list[str] = []
+        for part in re.split(r"[./]", name):
+            m = _INDEXED.match(part)
+            tokens.extend([m.group(1), m.group(2)] if m else [part])
+        for i, t in enumerate(tokens[1:], 1):
+            if t.isdigit() and not tokens[i - 1].isdigit():
+                stacks[tokens[i - 1]].add(int(t))
+        dims.update({int(d) for d in tuple(shape) if int(d) > 3})
+    layers = {c: len(ix) for c, ix in stacks.items() if ix == set(range(len(ix)))}
+    return layers, (dims.most_common(1)[0][0] if dims else None)
+
+
+def architecture_hint(source_shapes: Mapping[str, tuple] | None,
+                      target_shapes: Mapping[str, tuple] | None) -> str:
+    """``"the checkpoint looks like 1 in_blocks / width 32 while the config expects 2 in_blocks / width
+    64"``, or "" when the two sides look alike (or one is unknown)."""
+    (src_layers, src_w), (tgt_layers, tgt_w) = shape_profile(source_shapes), shape_profile(target_shapes)
+    if not src_layers and src_w is None or not tgt_layers and tgt_w is None:
+        return ""
+    common = sorted(set(src_layers) & set(tgt_layers), key=lambda c: (-tgt_layers[c], c))
+    differing = [c for c in common if src_layers[c] != tgt_layers[c]]
+    stack = (differing or common or [None])[0]
+    src, tgt = [], []
+    if stack is not None:
+        src.append(f"{src_layers[stack]} {stack}")
+        tgt.append(f"{tgt_layers[stack]} {stack}")
+    if src_w is not None and tgt_w is not None:
+        src.append(f"width {src_w}")
+        tgt.append(f"width {tgt_w}")
+    if src == tgt:
+        return ""
+    return f"the checkpoint looks like {' / '.join(src)} while the config expects {' / '.join(tgt)}"
+
+
+_REPORTS: contextvars.ContextVar[list | None] = contextvars.ContextVar("conversion_reports", default=None)
+
+
+@contextlib.contextmanager
+def collect_reports() -> Iterator[list]:
+    """Collects every :class:`ConversionReport` that :func:`check_and_report` builds inside the block
+    (also the ones a converter does not return), so a caller can summarise a failed conversion."""
+    reports: list = []
+    token = _REPORTS.set(reports)
+    try:
+        yield reports
+    finally:
+        _REPORTS.reset(token)
+
 
 def check_and_report(converted: Mapping[str, Array], target_shapes: Mapping[str, tuple],
                      unused_source_keys: Iterable[str], *, strict: bool = True, what: str = "checkpoint",
-                     mapping: Mapping[str, str] | None = None) -> tuple[dict[str, Any], ConversionReport]:
+                     mapping: Mapping[str, str] | None = None,
+                     source_shapes: Mapping[str, tuple] | None = None) -> tuple[dict[str, Any], ConversionReport]:
     """Checks a flat converted dict against the flat target shapes and builds the nested tree.
 
     Args:
@@ -187,10 +303,13 @@ def check_and_report(converted: Mapping[str, Array], target_shapes: Mapping[str,
       unused_source_keys: source keys the converter did not consume.
       strict: raise :class:`ConversionError` on any problem; otherwise missing params are left out.
       what: a name for the error message (file path or family).
+      source_shapes: ``{source key: shape}`` of the whole source state dict (for the report's hint).
     Returns:
       (nested param tree, report)
     """
-    report = ConversionReport(unexpected=sorted(unused_source_keys), mapping=dict(mapping or {}))
+    report = ConversionReport(unexpected=sorted(unused_source_keys), mapping=dict(mapping or {}),
+                              source_shapes=None if source_shapes is None else dict(source_shapes),
+                              target_shapes={k: tuple(v) for k, v in target_shapes.items()})
     out = {}
     for name, shape in target_shapes.items():
         if name not in converted:
@@ -205,8 +324,11 @@ def check_and_report(converted: Mapping[str, Array], target_shapes: Mapping[str,
     for name in converted:
         if name not in target_shapes:
             report.unexpected.append(f"(converted) {name}")
+    collected = _REPORTS.get()
+    if collected is not None:
+        collected.append(report)
     if strict and not report.ok:
-        raise ConversionError(f"{what}: {report.summary()}")
+        raise ConversionError(f"{what}: {report.summary()}", report=report, details=report.details())
     return unflatten_params(out), report
 
 
@@ -238,6 +360,7 @@ class KeyMapper:
 
     def __init__(self, state_dict: Mapping[str, Array]):
         self.src = dict(state_dict)
+        self.source_shapes = {k: tuple(np.shape(v)) for k, v in self.src.items()}
         self.out: dict[str, Array] = {}
         self.mapping: dict[str, str] = {}
 
@@ -283,7 +406,7 @@ class KeyMapper:
                ignore: Callable[[str], bool] | None = None):
         unused = [k for k in self.src if not (ignore and ignore(k))]
         return check_and_report(self.out, target_shapes, unused, strict=strict, what=what,
-                                mapping=self.mapping)
+                                mapping=self.mapping, source_shapes=self.source_shapes)
 
 
 # --------------------------------------------------------------------------------------------------

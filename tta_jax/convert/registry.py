@@ -7,19 +7,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from typing import Any, Callable
 
 import numpy as np
+
+from tta_jax.errors import InvalidArgument
 
 
 def _dit(src, cfg, strict):
     from tta_jax.convert.ezaudio_dit import load_ezaudio_dit
     from tta_jax.denoisers.dit import PRESETS, DiTConfig
 
+    if cfg is not None and not isinstance(cfg, dict):
+        raise InvalidArgument(f"--config for ezaudio_dit must be a JSON object, got {cfg!r}")
     cfg = dict(cfg or {})
     preset = cfg.pop("preset", None)
-    dcfg = PRESETS[preset](**cfg) if preset else DiTConfig.from_dict(cfg)
+    if preset is not None and preset not in PRESETS:
+        raise InvalidArgument(f"--config: unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    try:
+        dcfg = PRESETS[preset](**cfg) if preset else DiTConfig.from_dict(cfg)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"--config: {e}") from e
     out, _ = load_ezaudio_dit(src, dcfg, strict=strict)
     return out["params"], dcfg.to_dict()
 
@@ -106,7 +116,13 @@ def parse_config(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--config is neither a file nor valid JSON: {e}") from e
+        raise InvalidArgument(f"--config is neither a file nor valid JSON: {e}") from e
+
+
+def _last_bad(reports):
+    """The last report with problems (None when every report is clean)."""
+    bad = [r for r in reports if not r.ok]
+    return bad[-1] if bad else None
 
 
 def _sha256(path: str) -> str:
@@ -121,14 +137,31 @@ def _sha256(path: str) -> str:
 
 def convert(family: str, src: str, config: Any, out: str, *, fmt: str = "safetensors",
             strict: bool = True) -> str:
-    """Converts and writes; returns the path of the written params."""
-    from tta_jax.convert.common import flatten_params, unbox
+    """Converts and writes; returns the path of the written params.
+
+    A checkpoint that does not match raises :class:`~tta_jax.convert.common.ConversionError` with a
+    one-line summary (counts, an architecture hint, the first problems; ``details`` lists them all).
+    """
+    from tta_jax.convert.common import ConversionError, collect_reports, flatten_params, unbox
 
     if family not in FAMILIES:
-        raise ValueError(f"unknown --family {family!r}; expected one of {sorted(FAMILIES)}")
+        raise InvalidArgument(f"unknown --family {family!r}; expected one of {sorted(FAMILIES)}")
     if not os.path.exists(src):
         raise FileNotFoundError(f"--src {src} does not exist")
-    params, used_cfg = FAMILIES[family](src, config, strict)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InvalidArgument(f"--out {out} is an existing file, not a directory")
+    with collect_reports() as reports:
+        try:
+            params, used_cfg = FAMILIES[family](src, config, strict)
+        except ConversionError as e:
+            report = e.report if e.report is not None and not e.report.ok else _last_bad(reports)
+            if report is None:
+                raise
+            details = report.details() + f"\n\nconverter's message:\n{e}"
+            raise ConversionError(report.headline(src), report=report, details=details) from None
+    report = None if strict else _last_bad(reports)
+    if report is not None:  # --allow_partial: the partial tree is written; say what is missing
+        logging.warning("partial conversion: %s", report.headline(src))
     params = unbox(params)
     os.makedirs(out, exist_ok=True)
     if fmt == "safetensors":

@@ -17,11 +17,10 @@ from typing import Any
 
 import ml_collections
 
+from tta_jax.errors import ConfigError
 from tta_jax.train.optim import OPTIMIZERS, SCHEDULES
 
 
-class ConfigError(ValueError):
-    """A config value is missing or invalid; the message names the key."""
 
 
 def trainer_config() -> ml_collections.ConfigDict:
