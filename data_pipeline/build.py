@@ -91,6 +91,29 @@ def build_text(c):
     raise ValueError(f"config.text.name={c.text.name!r}; expected none, bytes, minilm or minilm_tokens")
 
 
+def codec_info(c) -> dict:
+    """The codec as structured manifest fields (``manifest["codec"]``): its name and the settings it used."""
+    name = c.codec.name
+    if name == "toy":
+        return {"name": "toy", "sample_rate": int(c.audio.sample_rate), "hop": int(c.codec.hop),
+                "bands": int(c.codec.bands)}
+    if name == "mel":
+        return {"name": "mel", "sample_rate": int(c.audio.sample_rate), "model": str(c.codec.model),
+                "mean": float(c.codec.mean), "std": float(c.codec.std)}
+    return {"name": str(name)}
+
+
+def text_info(c) -> dict:
+    """The text encoder as structured manifest fields (``manifest["text"]``): its name and settings."""
+    name = c.text.name
+    if name == "none":
+        return {"name": "none"}
+    out = {"name": str(name), "max_len": int(c.text.max_len)}
+    if name in ("minilm", "minilm_tokens"):
+        out["model"] = "all-MiniLM-L6-v2"
+    return out
+
+
 def precompute_config(c, codec_id: str, text_id: str):
     """ConfigDict -> data_pipeline.precompute.PrecomputeConfig."""
     from data_pipeline.precompute import PrecomputeConfig
@@ -105,4 +128,4 @@ def precompute_config(c, codec_id: str, text_id: str):
                           crop=a.crop, normalize=norm, seed=a.seed),
         shard_size=c.shard_size, batch_size=c.batch_size, codec_id=codec_id, text_id=text_id,
         latent_dtype=c.latent_dtype, throttle_s=c.throttle_s,
-        decode_threads=c.decode_threads)
+        decode_threads=c.decode_threads, codec=codec_info(c), text=text_info(c))

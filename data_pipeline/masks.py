@@ -1,4 +1,4 @@
-"""EzAudio span masks for masked diffusion modelling (reference-architectures.md section 1).
+"""EzAudio span masks for masked diffusion modelling (docs/reference-architectures.md section 1).
 
 Per sample: ratio ~ U(0.25, 1.0); number of spans = floor(ratio * L / 10 + U(0, 1)), at least 1;
 span length 10 frames; span starts drawn without replacement from [0, L - 10) (overlaps allowed).

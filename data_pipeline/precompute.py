@@ -6,7 +6,10 @@ Layout of `out_dir`:
   null_text.msgpack                   text features of the empty caption (for CFG dropout)
   manifest.json                       written once every sidecar exists (by whichever process
                                       finishes last): counts, shapes, latent stats, config hash,
-                                      all skipped examples with reasons
+                                      all skipped examples with reasons, and the codec and text
+                                      encoder as structured fields (`codec`: {"name": "mel", "model":
+                                      ..., ...}, `text`: {"name": "minilm", "max_len": 32}) that
+                                      training compares with its config by name
 
 Sharding: the example list is cut into contiguous shards of `shard_size`; shard s belongs to
 process s % process_count, so each process encodes its share and shard contents do not depend on
@@ -51,6 +54,11 @@ class PrecomputeConfig:
     codec_id: str = "codec"           # identity of the codec (name + params hash): part of the hash
     text_id: str = "none"             # identity of the text encoder / tokenizer
     latent_dtype: str = "float32"     # stored dtype (float16 halves disk)
+    # The codec / text encoder as structured fields, written to the manifest (e.g. {"name": "toy", "hop": 256}
+    # and {"name": "bytes", "max_len": 64}; see data_pipeline/build.py). Not part of the config hash:
+    # codec_id / text_id already identify them, so data made before these fields existed still resumes.
+    codec: dict = dataclasses.field(default_factory=dict)
+    text: dict = dataclasses.field(default_factory=dict)
     decode_threads: int = 1           # threads decoding/resampling audio (output is order-stable)
     throttle_s: float = 0.0           # sleep after each batch (only to test kill/resume)
 
@@ -58,6 +66,7 @@ class PrecomputeConfig:
 def config_hash(cfg: PrecomputeConfig, keys: Sequence[str]) -> str:
     d = dataclasses.asdict(cfg)
     d.pop("throttle_s"), d.pop("decode_threads")  # do not change the output
+    d.pop("codec"), d.pop("text")  # descriptions of codec_id / text_id (see PrecomputeConfig)
     d["keys_sha"] = hashlib.sha256("\n".join(keys).encode()).hexdigest()
     d["num_examples"] = len(keys)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -240,6 +249,7 @@ def try_finalize(out_dir: str, num_shards: int, chash: str, cfg: PrecomputeConfi
                  "channel_std": ch_std.tolist()}
     shapes = next((sd["shapes"] for sd in sides if sd["num_records"]), {})
     skipped = [x for sd in sides for x in sd["skipped"]]
+    described = {k: dict(v) for k, v in (("codec", cfg.codec), ("text", cfg.text)) if v}
     manifest = {
         "format": "tta_jax.precompute/1",
         "shards": [sd["file"] for sd in sides if sd["num_records"]],
@@ -252,6 +262,7 @@ def try_finalize(out_dir: str, num_shards: int, chash: str, cfg: PrecomputeConfi
                    if k not in ("throttle_s", "decode_threads")},
         "null_text": "null_text.msgpack" if os.path.exists(
             os.path.join(out_dir, "null_text.msgpack")) else None,
+        **json.loads(json.dumps(described)),
     }
     _atomic_write(os.path.join(out_dir, "manifest.json"),
                   json.dumps(manifest, indent=1, sort_keys=True).encode())

@@ -23,8 +23,10 @@ import csv
 import dataclasses
 import glob
 import hashlib
+import io
 import json
 import os
+import re
 import struct
 from typing import Any, Iterable, Iterator
 
@@ -190,22 +192,69 @@ def check_caption(ex: Example) -> str:
 
 
 # -------------------------------------------------------------------------------------- layouts
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, kept by "surrogateescape"
+
+
+def _bad_utf8(value: str) -> str | None:
+    """For text decoded with errors="surrogateescape": where its first non-UTF-8 byte is, or None."""
+    m = _UNDECODABLE.search(value)
+    if m is None:
+        return None
+    return f"byte 0x{ord(m.group()) - 0xDC00:02x} at character {m.start() + 1}"
+
+
+def _utf8_row_error(path: str, line: int, row: dict) -> str | None:
+    for col, v in row.items():
+        for x in (v if isinstance(v, list) else [v]):
+            where = _bad_utf8(x) if isinstance(x, str) else None
+            if where:
+                name = f"column {col!r}" if col is not None else "an extra field"
+                return f"{path}:{line}: {name} is not valid UTF-8 ({where}); fix the file's encoding"
+    return None
+
+
 def _read_table(path: str) -> list[dict[str, Any]]:
-    """Rows of a CSV (header row) or JSONL file."""
+    """Rows of a CSV (header row) or JSONL file. A row that cannot be read (broken JSON, bytes that are not
+    UTF-8) becomes ``{"_error": "<file>:<line>: <reason>", "_line": line}`` in its place, so it is skipped
+    with that reason and the other rows load."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # UTF-8 byte-order mark
+    rows: list[dict[str, Any]] = []
     if path.endswith((".jsonl", ".json")):
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    rows.append({"_error": f"{path}:{i}: unreadable JSON line ({e.msg})"})
+        for i, bline in enumerate(raw.split(b"\n"), 1):
+            try:
+                line = bline.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                rows.append({"_error": f"{path}:{i}: not valid UTF-8 (byte 0x{bline[e.start]:02x} at byte "
+                                       f"{e.start + 1} of the line); fix the file's encoding", "_line": i})
+                continue
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                rows.append({"_error": f"{path}:{i}: unreadable JSON line ({e.msg})", "_line": i})
         return rows
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        return list(csv.DictReader(f))
+    # surrogateescape keeps undecodable bytes as lone surrogates, so a bad row is found and named, not garbled
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8", errors="surrogateescape"), newline=""))
+    header = reader.fieldnames or []
+    bad = next((c for c in header if _bad_utf8(c)), None)
+    if bad is not None:
+        raise ValueError(f"{path}:1: the header is not valid UTF-8 ({_bad_utf8(bad)}); fix the file's encoding")
+    last = reader.line_num
+    for row in reader:
+        line, last = last + 1, reader.line_num  # the row's first line
+        err = _utf8_row_error(path, line, row)
+        rows.append({"_error": err, "_line": line} if err else row)
+    return rows
+
+
+def _error_example(path: str, i: int, row: dict) -> Example:
+    """The placeholder Example of an unreadable row: precompute skips it with the row's reason."""
+    return Example(key=f"{os.path.basename(path)}:{row.get('_line', i + 2)}", caption=None,
+                   labels={"_error": row["_error"]})
 
 
 def folder_source(root: str, captions: str | None = None) -> list[Example]:
@@ -227,8 +276,7 @@ def folder_source(root: str, captions: str | None = None) -> list[Example]:
     out = []
     for i, row in enumerate(rows):
         if "_error" in row:
-            out.append(Example(key=f"{os.path.basename(captions)}:{i + 2}", caption=None,
-                               labels={"_error": row["_error"]}))
+            out.append(_error_example(captions, i, row))
             continue
         if "path" not in row:
             raise ValueError(f"{captions}: row {i + 1} has no 'path' column (columns: {sorted(row)})")
@@ -253,7 +301,10 @@ def audiocaps_source(csv_path: str, audio_dir: str, split: str | None = None) ->
     split = split or os.path.splitext(os.path.basename(csv_path))[0]
     idx = _index_dir(audio_dir)
     out = []
-    for row in _read_table(csv_path):
+    for i, row in enumerate(_read_table(csv_path)):
+        if "_error" in row:
+            out.append(_error_example(csv_path, i, row))
+            continue
         yid, aid = str(row.get("youtube_id", "")), str(row.get("audiocap_id", ""))
         st = str(row.get("start_time", ""))
         cands = [yid, "Y" + yid, aid, f"{yid}_{st}", f"Y{yid}_{st}"]
@@ -269,7 +320,10 @@ def clotho_source(csv_path: str, audio_dir: str, split: str | None = None,
     """Clotho captions csv (file_name, caption_1..caption_5) + local audio dir."""
     split = split or os.path.splitext(os.path.basename(csv_path))[0].replace("clotho_captions_", "")
     out = []
-    for row in _read_table(csv_path):
+    for i, row in enumerate(_read_table(csv_path)):
+        if "_error" in row:
+            out.append(_error_example(csv_path, i, row))
+            continue
         fname = str(row.get("file_name", ""))
         caps = [row.get(f"caption_{k}") for k in range(1, 6) if f"caption_{k}" in row]
         for k, cap in enumerate(caps if all_captions else caps[:1], 1):
@@ -280,13 +334,23 @@ def clotho_source(csv_path: str, audio_dir: str, split: str | None = None,
 
 def wavcaps_source(json_path: str, audio_dir: str, split: str = "train") -> list[Example]:
     """WavCaps json ({"data": [{"id" or "audio", "caption", ...}]}) + local audio dir."""
-    with open(json_path, encoding="utf-8") as f:
-        data = json.load(f)
+    with open(json_path, "rb") as f:
+        text = f.read().decode("utf-8", errors="surrogateescape")  # bad bytes kept, found per item below
+    data = json.loads(text.lstrip("\ufeff"))
     items = data["data"] if isinstance(data, dict) else data
+    bad_lines = iter([text.count("\n", 0, m.start()) + 1 for m in _UNDECODABLE.finditer(text)])
     idx = _index_dir(audio_dir)
     out = []
-    for item in items:
+    for n, item in enumerate(items):
         ident = str(item.get("id", item.get("audio", "")))
+        dumped = json.dumps(item, ensure_ascii=False)
+        if _UNDECODABLE.search(dumped):  # its bad bytes are the next ones in document order
+            lines = [next(bad_lines, None) for _ in _UNDECODABLE.finditer(dumped)]
+            where = f":{lines[0]}" if lines[0] is not None else ""
+            out.append(Example(key=f"wavcaps/{_UNDECODABLE.sub('?', ident)}", caption=None, split=split, labels={
+                "_error": f"{json_path}{where}: item {n} is not valid UTF-8 ({_bad_utf8(dumped)} of the item); "
+                          "fix the file's encoding"}))
+            continue
         stem = os.path.splitext(os.path.basename(str(item.get("audio", ident))))[0]
         path = idx.get(stem) or idx.get(os.path.splitext(ident)[0]) or os.path.join(audio_dir, stem + ".flac")
         labels = {k: str(v) for k, v in item.items() if k not in ("caption", "audio", "id")}

@@ -174,3 +174,37 @@ def test_tfds_source_with_stub(monkeypatch):
     assert [S.check_caption(e) for e in ex] == ["one", "two"]
     audio, valid = S.prepare_audio(ex[0], S.AudioConfig(sample_rate=8000, crop_seconds=1.0))
     assert valid == 8000 and abs(np.abs(audio).max() - 0.95) < 1e-3
+
+
+def test_non_utf8_caption_is_skipped_naming_file_and_line(tmp_path):
+    """A caption that is not UTF-8 (here Latin-1) is not garbled into U+FFFD: its row is skipped with a reason
+    naming the file and line, the other rows load, and the precompute manifest lists it under skipped."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for n in ("a", "b", "c"):
+        sf.write(str(raw / f"{n}.wav"), _tone(SR, 0.5), SR)
+    with open(raw / "metadata.csv", "wb") as f:
+        f.write(b'path,caption,split\na.wav,a clean tone,train\n'
+                b'b.wav,"caf\xe9 noise, with a\nline break",train\nc.wav,"caf\xc3\xa9 ok",train\n')
+    ex = S.folder_source(str(raw))
+    assert [e.caption for e in ex[::2]] == ["a clean tone", "café ok"]
+    err = ex[1].labels["_error"]
+    assert f"{raw / 'metadata.csv'}:3:" in err and "'caption' is not valid UTF-8" in err and "0xe9" in err
+    cfg = PrecomputeConfig(audio=S.AudioConfig(sample_rate=SR, crop_seconds=0.5, crop="start"), batch_size=2)
+    m = run_precompute(ex, str(tmp_path / "pre"), _identity_codec, None, cfg, progress=False)
+    assert m["num_records"] == 2 and m["num_skipped"] == 1
+    assert m["skipped"][0]["key"] == "metadata.csv:3" and m["skipped"][0]["reason"] == err
+    # the same for the other layouts: an AudioCaps csv row, a JSONL line, a WavCaps item
+    with open(tmp_path / "train.csv", "wb") as f:
+        f.write(b"audiocap_id,youtube_id,start_time,caption\n1,a,0,dog\n2,b,0,\xff\xfe rain\n")
+    ac = S.audiocaps_source(str(tmp_path / "train.csv"), str(raw))
+    assert ac[0].caption == "dog" and f"{tmp_path / 'train.csv'}:3: column 'caption'" in ac[1].labels["_error"]
+    with open(raw / "caps.jsonl", "wb") as f:
+        f.write(b'{"path": "a.wav", "caption": "ok"}\n{"path": "b.wav", "caption": "\xe9t\xe9"}\n')
+    jl = S.folder_source(str(raw), "caps.jsonl")
+    assert jl[0].caption == "ok" and jl[1].key == "caps.jsonl:2"
+    assert f"{raw / 'caps.jsonl'}:2: not valid UTF-8" in jl[1].labels["_error"]
+    with open(tmp_path / "wc.json", "wb") as f:
+        f.write(b'{"data": [\n {"id": "a", "caption": "fine"},\n {"id": "b", "caption": "\xe9cho"}\n]}\n')
+    wc = S.wavcaps_source(str(tmp_path / "wc.json"), str(raw))
+    assert wc[0].caption == "fine" and f"{tmp_path / 'wc.json'}:3: item 1 is not valid UTF-8" in wc[1].labels["_error"]

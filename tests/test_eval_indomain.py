@@ -111,3 +111,20 @@ def test_embedded_test_split_family_accuracy():
     acc = ev.accuracy(mels, labels)
     print("in-domain test accuracy", acc, "train seconds", ev.info.get("train_seconds"))
     assert acc["family_acc"] >= 0.90, acc
+
+
+def test_fd_baseline_states_its_clips_and_matches_sizes():
+    rng = np.random.default_rng(0)
+    gen, ref = rng.normal(size=(30, 3)), rng.normal(size=(10, 3))
+    fd, proto = I.fd_with_baseline(gen, ref, seed=1)
+    assert proto["comparison_clips"] == [30, 10] and proto["baseline_clips"] == [5, 5] == proto["matched_clips"]
+    assert "two disjoint parts of the reference set" in proto["baseline"] and set(fd) == {
+        "fd", "fd_real_vs_real", "fd_matched"}
+    fd, proto = I.fd_with_baseline(gen[:3], ref, seed=1)  # fewer generated clips: the baseline's first part too
+    assert proto["baseline_clips"] == [3, 5] and "cut to the 3 generated clips" in proto["baseline"]
+    fd, proto = I.fd_with_baseline(gen, ref, rng.normal(size=(40, 3)), real_source="held-out renders")
+    assert proto["baseline_clips"] == [30, 10] == proto["comparison_clips"] and "fd_matched" not in fd
+    assert "30 real clips of held-out renders" in proto["baseline"]
+    fd, proto = I.fd_with_baseline(gen, ref[:3])
+    assert set(fd) == {"fd"} and proto["baseline"].startswith("none")
+    assert "General-MIDI" in I.DOMAIN_NOTE

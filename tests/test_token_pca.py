@@ -1,6 +1,7 @@
 """Token PCA: closed-form fit vs numpy's covariance eigendecomposition, exact round trip on low-rank data,
 the cached fit from precomputed shards, the pipeline wiring and the errors that name the file/key."""
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -101,7 +102,8 @@ def test_load_or_fit_caches_the_training_split(tmp_path):
     np.testing.assert_allclose(pca.basis, ref.basis, atol=1e-6)
     with open(path, "wb") as f:
         f.write(b"not an npz")
-    with pytest.raises(ValueError, match="token_pca-p2-k3.npz"):
+    assert os.path.basename(path).startswith("token_pca-p2-k3-") and path.endswith(".npz")
+    with pytest.raises(ValueError, match=re.escape(os.path.basename(path))):
         TP.load_or_fit(d, patch_frames=2, k=3)
     with pytest.raises(ValueError, match="split 'valid'"):
         TP.load_or_fit(d, patch_frames=2, k=4, split="valid")
@@ -112,6 +114,40 @@ def test_load_or_fit_caches_the_training_split(tmp_path):
     with pytest.raises(ValueError, match="'c7'.*non-finite"):
         TP.load_or_fit(bad, patch_frames=2, k=2)
     assert not os.path.exists(TP.cache_path(bad, 2, 2))
+
+
+def test_cache_is_refitted_when_the_data_is_precomputed_again(tmp_path):
+    """The cache file is keyed by the precompute manifest's content: precomputing into the same folder again
+    with other codec settings (and another shard count, so the old shards stay behind) gives a new fit on
+    the new shards only, never the old file."""
+    from data_pipeline.precompute import PrecomputeConfig, run_precompute
+    from data_pipeline.sources import AudioConfig, Example
+    from data_pipeline.toy import FrameCodec
+
+    rs = np.random.RandomState(0)
+    exs = [Example(key=f"k{i}", caption="c", audio=(0.1 * rs.randn(4000)).astype(np.float32), sample_rate=8000)
+           for i in range(8)]
+    d = str(tmp_path)
+
+    def precompute(bands, shard_size):
+        codec = FrameCodec(sample_rate=8000, hop=100, bands=bands)
+        cfg = PrecomputeConfig(audio=AudioConfig(sample_rate=8000, crop_seconds=0.5, normalize=None),
+                               shard_size=shard_size, batch_size=4, codec_id=codec.codec_id)
+        return run_precompute(exs, d, jax.jit(codec.encode), None, cfg, progress=False)
+
+    precompute(bands=3, shard_size=4)  # latents [40, 4] -> tokens of 2 x 4 values
+    first = TP.load_or_fit(d, patch_frames=2, k=3)
+    p1 = TP.cache_path(d, 2, 3)
+    assert first.dim == 8 and os.path.exists(p1)
+    assert TP.cache_path(d, 2, 3) == p1 and TP.cache_path(d, 2, 4) != p1
+    np.testing.assert_array_equal(TP.load_or_fit(d, patch_frames=2, k=3).basis, first.basis)  # cached
+    precompute(bands=5, shard_size=3)  # other settings, same folder: latents [40, 6]
+    assert TP.cache_path(d, 2, 3) != p1
+    second = TP.load_or_fit(d, patch_frames=2, k=3)
+    assert second.dim == 12  # re-fitted on the new latents (the old cache would give 8)
+    toks = list(TP._train_tokens(d, 2, "train", 100))
+    assert len(toks) == 8 and all(t.shape == (20, 12) for t in toks)  # the new shards only
+    np.testing.assert_allclose(second.basis, TP.fit(toks, 3, 2).basis, atol=1e-6)
 
 
 def test_pipeline_trains_and_decodes_through_the_pca(tmp_path):

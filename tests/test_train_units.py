@@ -37,6 +37,24 @@ def test_schedules():
         optim.make_schedule(_cfg(schedule="cosine"))
 
 
+def test_run_shorter_than_warmup_warns_naming_both_keys(caplog):
+    """A run that ends inside the warm-up never reaches the configured peak lr: make_optimizer logs it."""
+    with caplog.at_level("WARNING", logger="tta_jax.train.optim"):
+        optim.make_optimizer(_cfg(lr=2e-3, warmup_steps=5000), total_steps=300)
+    msg = caplog.text
+    assert "config.train.total_steps=300" in msg and "config.optimizer.warmup_steps=5000" in msg
+    assert "0.00012" in msg and "config.optimizer.lr=0.002" in msg  # 2e-3 * 300 / 5000
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tta_jax.train.optim"):
+        optim.make_optimizer(_cfg(warmup_steps=100), total_steps=3400)
+        optim.make_optimizer(_cfg(warmup_steps=100))  # total unknown: nothing to compare
+    assert caplog.text == ""
+    # gradient accumulation: the schedule advances once per grad_accum steps
+    w = optim.schedule_warnings(_cfg(warmup_steps=100, grad_accum=4), 300)
+    assert len(w) == 1 and "75 optimizer updates" in w[0] and "grad_accum=4" in w[0]
+    assert optim.schedule_warnings(_cfg(warmup_steps=100, grad_accum=2), 300) == []
+
+
 def test_decay_mask_ezaudio_rules():
     params = {"params": {
         "blocks_0": {"attn": {"q": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)}},

@@ -14,12 +14,17 @@ rest, so the diffusion runs in the ``k``-d subspace the data lives in:
 directions' variances: the diffusion loss in ``z`` equals the mel-space MSE restricted to the subspace
 (unless :meth:`TokenPCA.whitened` rescales the directions, ``config.data.token_pca_whiten_below``).
 The stage is fitted in closed form from the precomputed training split (no training) and cached next to
-the data as ``token_pca-p{p}-k{k}.npz``; it is part of the codec, so a run needs the same file to sample.
+the data as ``token_pca-p{p}-k{k}-{key}.npz``, ``key`` a hash of what the fit is computed from (the content of
+the precompute's ``manifest.json``: its config hash, shard list and counts, latent statistics; and the split
+and record limit), so data precomputed again into the same folder with other settings gets a new fit instead
+of the old file. It is part of the codec, so a run needs the same file (or the same data) to sample.
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
+import json
 import os
 from typing import Iterable
 
@@ -116,8 +121,36 @@ def fit(tokens: Iterable[np.ndarray], k: int, patch_frames: int) -> TokenPCA:
                     int(patch_frames))
 
 
-def cache_path(data_dir: str, patch_frames: int, k: int) -> str:
-    return os.path.join(data_dir, f"token_pca-p{int(patch_frames)}-k{int(k)}.npz")
+def _read_manifest(data_dir: str) -> dict | None:
+    path = os.path.join(data_dir, "manifest.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable precompute manifest ({e})") from e
+
+
+def data_key(data_dir: str, split: str = "train", max_records: int = 4096) -> str:
+    """Hash of what a fit on ``data_dir`` is computed from: the precompute manifest's content (config hash,
+    shards, counts, latent statistics), or without a manifest the shard files' names, sizes and modification
+    times; plus ``split`` and ``max_records``."""
+    h = hashlib.sha256(f"split={split},max_records={int(max_records)}\n".encode())
+    manifest = _read_manifest(data_dir)
+    if manifest is not None:
+        h.update(json.dumps(manifest, sort_keys=True).encode())
+    else:
+        for p in sorted(glob.glob(os.path.join(data_dir, "shard-*.array_record"))):
+            st = os.stat(p)
+            h.update(f"{os.path.basename(p)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def cache_path(data_dir: str, patch_frames: int, k: int, *, split: str = "train", max_records: int = 4096) -> str:
+    """``data_dir/token_pca-p{p}-k{k}-{data_key}.npz``: a new file whenever the data it was fitted on changes."""
+    key = data_key(data_dir, split, max_records)
+    return os.path.join(data_dir, f"token_pca-p{int(patch_frames)}-k{int(k)}-{key}.npz")
 
 
 def save(pca: TokenPCA, path: str) -> None:
@@ -147,7 +180,11 @@ def _train_tokens(data_dir: str, patch_frames: int, split: str, max_records: int
 
     from data_pipeline.records import decode_record
 
-    shards = sorted(glob.glob(os.path.join(data_dir, "shard-*.array_record")))
+    manifest = _read_manifest(data_dir)
+    if manifest is not None:  # only the shards of this precompute (an older one may have left others)
+        shards = [os.path.join(data_dir, f) for f in manifest.get("shards", [])]
+    else:
+        shards = sorted(glob.glob(os.path.join(data_dir, "shard-*.array_record")))
     if not shards:
         raise FileNotFoundError(f"no shard-*.array_record in {data_dir}: cannot fit the token PCA")
     seen = 0
@@ -176,8 +213,8 @@ def _train_tokens(data_dir: str, patch_frames: int, split: str, max_records: int
 
 def load_or_fit(data_dir: str, patch_frames: int, k: int, *, split: str = "train",
                 max_records: int = 4096) -> TokenPCA:
-    """The cached fit for (data_dir, p, k), fitting it from the data on first use."""
-    path = cache_path(data_dir, patch_frames, k)
+    """The cached fit for (the data in data_dir, p, k), fitting it from the data on first use."""
+    path = cache_path(data_dir, patch_frames, k, split=split, max_records=max_records)
     if os.path.exists(path):
         pca = load(path)
         if pca.k != k or pca.patch_frames != patch_frames:

@@ -12,7 +12,10 @@ Metrics and their backbones (pinned; named in every report):
 | CLAP_A | same, generated-vs-reference audio cosine (paired by name) | 48 kHz |
 | in-domain acc / FD | :mod:`tta_jax.eval.indomain` (embedded demo dataset only) | 22.05 kHz |
 
-A backbone whose weights are absent is skipped with the reason recorded; the rest still runs.
+A backbone whose weights are absent is skipped with the reason recorded; the rest still runs (the
+report's ``missing_weights`` says where each was looked for; :func:`no_metric_message` turns that into
+what to pass when nothing could run). The in-domain evaluator knows only General-MIDI renders of the
+embedded dataset; its report section says so and states which clips its real-vs-real baseline uses.
 """
 from __future__ import annotations
 
@@ -33,6 +36,15 @@ from tta_jax.eval import metrics as M
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
 WEIGHTS_ENV = "TTA_JAX_EVAL_WEIGHTS"
 DEFAULT_FILES = {"cnn14": "Cnn14_16k_mAP=0.438.pth", "vggish": "vggish-10086976.pth", "clap": "larger_clap_general"}
+WEIGHT_FLAGS = {  # flag argument, what it is, the metrics it enables
+    "cnn14": ("FILE", "PANNs CNN14 16 kHz checkpoint", "FD, KID, KL, IS"),
+    "vggish": ("FILE", "torchvggish checkpoint", "FAD"),
+    "clap": ("DIR", "HF-format laion/larger_clap_general folder", "CLAP, CLAP_A"),
+}
+
+
+def weights_root() -> str:
+    return os.environ.get(WEIGHTS_ENV, os.path.expanduser("~/.cache/tta_jax/eval_weights"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,8 +183,7 @@ def resolve_weights(name: str, explicit: str | None) -> tuple[str | None, str]:
     """(path or None, how it was looked for)."""
     if explicit:
         return (explicit if os.path.exists(explicit) else None), f"--{name} {explicit}"
-    root = os.environ.get(WEIGHTS_ENV, os.path.expanduser("~/.cache/tta_jax/eval_weights"))
-    p = os.path.join(root, DEFAULT_FILES[name])
+    p = os.path.join(weights_root(), DEFAULT_FILES[name])
     return (p if os.path.exists(p) else None), f"{p} (set --{name} or ${WEIGHTS_ENV})"
 
 
@@ -236,6 +247,7 @@ def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=
     metrics: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     backbones: dict[str, Any] = {}
+    missing_weights: dict[str, str] = {}
     captions = dict(ref.captions)
     captions.update(gen.captions)
     if cfg.captions:
@@ -256,6 +268,7 @@ def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=
     # ---- PANNs CNN14: FD, KID, KL, IS
     path, how = resolve_weights("cnn14", cfg.cnn14)
     if path is None:
+        missing_weights["cnn14"] = how
         for k in ("fd_panns", "kid_panns", "kl_softmax", "kl_sigmoid", "is_panns"):
             skipped[k] = f"PANNs CNN14 weights not found at {how}"
     else:
@@ -284,6 +297,7 @@ def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=
     # ---- VGGish: FAD
     path, how = resolve_weights("vggish", cfg.vggish)
     if path is None:
+        missing_weights["vggish"] = how
         skipped["fad_vggish"] = f"VGGish weights not found at {how}"
     else:
         from tta_jax.eval import vggish
@@ -300,6 +314,7 @@ def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=
     # ---- CLAP: CLAP score, CLAP_A
     path, how = resolve_weights("clap", cfg.clap)
     if path is None:
+        missing_weights["clap"] = how
         skipped["clap"] = skipped["clap_a"] = f"CLAP checkpoint directory not found at {how}"
     else:
         try:
@@ -330,10 +345,11 @@ def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=
     # ---- in-domain evaluator (embedded demo dataset)
     want_indomain = cfg.indomain if cfg.indomain is not None else ref.source.startswith("data_pipeline.embedded")
     if want_indomain:
-        _indomain(gen, ref, gi, ri, metrics, skipped, backbones, log)
+        protocol["indomain"] = _indomain(gen, ref, gi, ri, metrics, skipped, backbones, log, cfg.seed)
 
-    return {"metrics": metrics, "skipped": skipped, "protocol": dict(protocol, backbones=backbones),
-            "versions": versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    return {"metrics": metrics, "skipped": skipped, "missing_weights": missing_weights,
+            "protocol": dict(protocol, backbones=backbones), "versions": versions(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.time() - t0, 1)}
 
 
@@ -353,14 +369,46 @@ def _try(metrics, skipped, name, fn):
         skipped[name] = str(e)
 
 
-def _indomain(gen, ref, gi, ri, metrics, skipped, backbones, log):
+def _is_embedded(clips: ClipSet) -> bool:
+    return clips.source.startswith("data_pipeline.embedded(")
+
+
+def _heldout_real(ref: ClipSet, n: int, log) -> tuple[ClipSet | None, str]:
+    """Up to ``n`` real clips disjoint from an embedded reference: the other held-out split of the same
+    dataset (valid for a test reference, else test), never seen by the in-domain evaluator's training.
+    -> (the clips or None, what they are)."""
+    import re
+
+    m = re.match(r"data_pipeline\.embedded\(num_clips=(\d+), seed=(\d+), split=(\w+)\)", ref.source)
+    if not m or n < 2:
+        return None, ""
+    num, seed, split = int(m.group(1)), int(m.group(2)), m.group(3)
+    other = "valid" if split != "valid" else "test"
+    try:
+        held = load_embedded(f"embedded:{num}:{seed}", other, n)
+    except Exception as e:  # noqa: BLE001 - fall back to the halves of the reference
+        log(f"[evaluate] in-domain baseline: could not render the {other} split ({type(e).__name__}: {e}); "
+            "using halves of the reference")
+        return None, ""
+    if len(held) < 2:
+        return None, ""
+    return held, f"the embedded dataset's {other} split ({held.source})"
+
+
+def _indomain(gen, ref, gi, ri, metrics, skipped, backbones, log, seed: int = 2020) -> dict:
+    """In-domain accuracy and FD (with its real-vs-real baseline) into ``metrics``; -> the protocol entry
+    (the domain note, and which clips the comparison, the baseline and the size-matched FD use)."""
     from tta_jax.eval import indomain as I
 
+    info: dict[str, Any] = {"note": I.DOMAIN_NOTE}
+    if not _is_embedded(ref):
+        info["warning"] = (f"the reference ({ref.source}) is not the embedded dataset: the in-domain accuracies "
+                           "and FDs of this report do not measure anything meaningful about this audio")
     try:
         ev = I.get_or_train()
     except Exception as e:  # noqa: BLE001
         skipped["indomain"] = f"in-domain evaluator unavailable: {type(e).__name__}: {e}"
-        return
+        return info
     log("[evaluate] in-domain evaluator")
     mg = I.logmel(np.stack(_fix_len(gen.at(I.SAMPLE_RATE))))
     mr = I.logmel(np.stack(_fix_len(ref.at(I.SAMPLE_RATE))))
@@ -376,13 +424,20 @@ def _indomain(gen, ref, gi, ri, metrics, skipped, backbones, log):
         metrics.update({f"indomain_reference_{k}": v for k, v in ref_acc.items() if k != "n"})
     else:
         skipped["indomain_acc"] = "generated clips are not named after labelled reference clips"
+    real_emb, real_source = None, ""
+    if _is_embedded(ref):  # real clips beyond the reference: a baseline of the comparison's own sizes
+        held, real_source = _heldout_real(ref, len(gen), log)
+        if held is not None:
+            real_emb = ev.predict(I.logmel(np.stack(_fix_len(held.at(I.SAMPLE_RATE)))))["embedding"]
     try:
-        metrics["indomain_fd"] = M.frechet_distance(og["embedding"], orf["embedding"])
-        half = len(mr) // 2
-        if half >= 2:
-            metrics["indomain_fd_real_vs_real"] = M.frechet_distance(orf["embedding"][:half], orf["embedding"][half:])
+        fd, proto = I.fd_with_baseline(og["embedding"], orf["embedding"], real_emb, real_source=real_source,
+                                       seed=seed)
     except ValueError as e:
         skipped["indomain_fd"] = str(e)
+        return info
+    metrics.update({f"indomain_{k}": v for k, v in fd.items()})
+    info.update(proto)
+    return info
 
 
 def _fix_len(clips, seconds: float = 4.0, sr: int = 22050):
@@ -396,7 +451,29 @@ def _fix_len(clips, seconds: float = 4.0, sr: int = 22050):
 _NAMES = {"fd_panns": "FD (PANNs CNN14)", "kid_panns_mean": "KID mean (PANNs)", "kid_panns_std": "KID std (PANNs)",
           "kl_softmax": "KL softmax (PANNs)", "kl_sigmoid": "KL sigmoid (PANNs)", "is_panns_mean": "IS mean (PANNs)",
           "is_panns_std": "IS std (PANNs)", "fad_vggish": "FAD (VGGish)", "clap": "CLAP score (LAION CLAP)",
-          "clap_a": "CLAP_A (LAION CLAP)"}
+          "clap_a": "CLAP_A (LAION CLAP)", "indomain_fd": "in-domain FD (generated vs reference)",
+          "indomain_fd_real_vs_real": "in-domain FD, real-vs-real baseline",
+          "indomain_fd_matched": "in-domain FD, generated vs reference at the baseline's sizes"}
+
+
+def no_metric_message(report: Mapping[str, Any]) -> str:
+    """What to pass when no metric could run: the weights not found (flag, file name under
+    ``$TTA_JAX_EVAL_WEIGHTS``), or else the reasons the metrics were skipped."""
+    missing = report.get("missing_weights", {})
+    lines = ["no metric could run."]
+    if missing:
+        lines.append("Embedder weights not found (nothing is downloaded); give one or more of:")
+        for name, (arg, what, enables) in WEIGHT_FLAGS.items():
+            if name in missing:
+                lines.append(f"  --{name} {arg}   {what} ({DEFAULT_FILES[name]}): {enables}; looked at {missing[name]}")
+        names = ", ".join(DEFAULT_FILES[n] + ("/" if n == "clap" else "") for n in WEIGHT_FLAGS if n in missing)
+        lines.append(f"or put them in ${WEIGHTS_ENV} (now {weights_root()}) under these names: {names}.")
+        lines.append("For the embedded demo dataset, --reference embedded (or --indomain on) also runs the "
+                     "in-domain evaluator, which needs no downloaded weights.")
+    other = {k: v for k, v in report.get("skipped", {}).items() if not any(h in v for h in missing.values())}
+    if other:
+        lines.append("Other metrics skipped: " + "; ".join(f"{k}: {v}" for k, v in other.items()))
+    return "\n".join(lines)
 
 
 def to_markdown(report: Mapping[str, Any]) -> str:
@@ -408,8 +485,20 @@ def to_markdown(report: Mapping[str, Any]) -> str:
              f"- captions: {p['captions']['source']} ({p['captions']['choice']}); "
              f"{p['captions']['available_for_generated']} generated clips have one",
              f"- date: {report['date']}, {report['seconds']} s", "", "| metric | value |", "|---|---|"]
+    names = dict(_NAMES)
+    ind = p.get("indomain") or {}
+    for key, clips in (("indomain_fd", "comparison_clips"), ("indomain_fd_real_vs_real", "baseline_clips"),
+                       ("indomain_fd_matched", "matched_clips")):
+        if clips in ind:
+            names[key] = f"{names[key]} ({ind[clips][0]} vs {ind[clips][1]} clips)"
     for k, v in report["metrics"].items():
-        lines.append(f"| {_NAMES.get(k, k)} | {v:.6g} |" if isinstance(v, float) else f"| {_NAMES.get(k, k)} | {v} |")
+        lines.append(f"| {names.get(k, k)} | {v:.6g} |" if isinstance(v, float) else f"| {names.get(k, k)} | {v} |")
+    ind = p.get("indomain")
+    if ind:
+        lines += ["", "## In-domain evaluator", "", f"- **note**: {ind['note']}"]
+        lines += [f"- **{k}**: {ind[k]}" for k in ("warning", "comparison", "baseline", "matched") if k in ind]
+    if not report["metrics"]:
+        lines += ["", "## No metric could run", "", "```", no_metric_message(report), "```"]
     if report["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- **{k}**: {v}" for k, v in report["skipped"].items()]
     lines += ["", "## Backbones", ""]

@@ -13,6 +13,8 @@ Config keys used (see ``configs/ezaudio_demo.py``): ``model`` (DiTConfig fields)
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,6 +26,73 @@ from tta_jax import diffusion as D
 from tta_jax.denoisers.dit import DiT, DiTConfig
 
 TextEncodeFn = Callable[[Sequence[str]], Mapping[str, np.ndarray]]
+log = logging.getLogger(__name__)
+
+# What manifests written before the structured ``codec`` / ``text`` fields say: the id strings of
+# data_pipeline/build.py (``config.codec_id`` / ``config.text_id``), by prefix.
+_LEGACY_IDS = {"codec": (("toy-frame-codec(", "toy"), ("mel(", "mel")),
+               "text": (("minilm-tokens(", "minilm_tokens"), ("minilm(", "minilm"), ("bytes(", "bytes"),
+                        ("none", "none"))}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def check_precomputed(config, manifest: Mapping[str, Any], data_dir: str, *, warn: bool = True) -> list[str]:
+    """Refuses data precomputed with another codec or text encoder than the config names: compares
+    ``config.codec.name`` / ``config.text.name`` (and every setting both the config section and the manifest
+    record, e.g. ``text.max_len``) with the manifest's ``codec`` / ``text`` fields, and raises
+    :class:`tta_jax.config.ConfigError` naming both sides and the fix. Manifests from before those fields: the
+    name is read from their ``codec_id`` / ``text_id`` where it is recognisable, else the data is accepted with
+    a warning. A config section without a name is not checked. -> the warnings (also logged if ``warn``)."""
+    from tta_jax.config import ConfigError
+
+    warnings = []
+    where = os.path.join(data_dir, "manifest.json")
+    for section in ("codec", "text"):
+        want = config.get(section, None) if hasattr(config, "get") else getattr(config, section, None)
+        want = dict(want.to_dict() if hasattr(want, "to_dict") else (want or {}))
+        if not want.get("name"):
+            continue
+        have, source = manifest.get(section), "manifest.json"
+        if not isinstance(have, Mapping) or "name" not in have:
+            ident = str((manifest.get("config") or {}).get(f"{section}_id", ""))
+            name = next((n for prefix, n in _LEGACY_IDS[section]
+                         if ident == prefix or (prefix.endswith("(") and ident.startswith(prefix))), None)
+            if name is None:
+                warnings.append(f"{where} does not record the {section} it was made with (precomputed before "
+                                f"manifests had a '{section}' field; {section}_id={ident!r}): cannot check it "
+                                f"against config.{section}.name={want['name']!r}")
+                continue
+            have, source = {"name": name}, f"manifest.json config.{section}_id={ident!r}"
+            if name == want["name"]:
+                warnings.append(f"{where} predates the manifest's '{section}' field: only the {section} name was "
+                                f"checked (from {section}_id={ident!r}), not its settings")
+        fix = "re-run launch.precompute with --config.{k}={v} or point config.data.precomputed_dir elsewhere"
+        if have["name"] != want["name"]:
+            raise ConfigError(f"data in {data_dir} was precomputed with {section}={have['name']!r} ({source}), but "
+                              f"the config expects {section}={want['name']!r} (config.{section}.name); "
+                              + fix.format(k=f"{section}.name", v=want["name"]))
+        for key in sorted(set(want) & set(have) - {"name"}):
+            if not _same(have[key], want[key]):
+                raise ConfigError(f"data in {data_dir} was precomputed with {section}.{key}={have[key]!r} "
+                                  f"({source}), but the config expects {section}.{key}={want[key]!r} "
+                                  f"(config.{section}.{key}); " + fix.format(k=f"{section}.{key}", v=want[key]))
+    if warn:
+        for w in warnings:
+            log.warning(w)
+    return warnings
+
+
+def _check_data_dir(config, data_dir: str) -> None:
+    """:func:`check_precomputed` against ``data_dir/manifest.json`` when there is one (errors only)."""
+    path = os.path.join(data_dir, "manifest.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            check_precomputed(config, json.load(f), data_dir, warn=False)
 
 
 def dit_config_from(config) -> DiTConfig:
@@ -119,6 +188,7 @@ def token_pca_of(config):
     if not data_dir or not os.path.isdir(data_dir):
         raise FileNotFoundError(f"config.data.token_pca={k} needs the precomputed data it was fitted on "
                                 f"(config.data.precomputed_dir={data_dir!r} is not a directory)")
+    _check_data_dir(config, data_dir)  # fitting on another codec's latents fails with a puzzling shape error
     pca = token_pca.load_or_fit(data_dir, int(config.data.patch_frames), k)
     return pca.whitened(float(config.data.get("token_pca_whiten_below", 0.0)))
 
@@ -314,6 +384,7 @@ def build_task(config, mesh):
     if not data_dir:
         raise ValueError("config.data.precomputed_dir is empty: run launch.precompute first and point to it")
     manifest = read_manifest(data_dir)
+    check_precomputed(config, manifest, data_dir)  # before anything is built from data of another codec
     shapes = manifest.get("shapes", {})
     model = DiT(dit_config_from(config))
     nproc = jax.process_count()

@@ -21,11 +21,14 @@ Weight decay follows EzAudio: only linear/conv *kernels* (ndim >= 2) decay; bias
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import optax
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
 OPTIMIZERS = ("adamw", "adafactor")
@@ -108,6 +111,26 @@ def make_schedule(cfg, total_steps: int | None = None) -> optax.Schedule:
     return optax.join_schedules([warmup, main], [warm])
 
 
+def schedule_warnings(cfg, total_steps: int | None = None) -> list[str]:
+    """Config combinations that leave the learning rate far from the configured peak (one message each,
+    naming the keys and their values): a run shorter than its warm-up never reaches ``optimizer.lr``."""
+    out = []
+    warm = int(_get(cfg, "warmup_steps", 0) or 0)
+    accum = int(_get(cfg, "grad_accum", 1) or 1)
+    if total_steps and warm > 0:
+        updates = int(total_steps) // accum  # optax.MultiSteps advances the schedule once per accum steps
+        if updates < warm:
+            lr = float(_get(cfg, "lr"))
+            peak = lr * updates / warm
+            via = (f" ({updates} optimizer updates with config.optimizer.grad_accum={accum})"
+                   if accum > 1 else "")
+            out.append(f"config.train.total_steps={int(total_steps)}{via} is shorter than "
+                       f"config.optimizer.warmup_steps={warm}: the run ends during the linear warm-up, so the "
+                       f"learning rate never gets above {peak:.3g} ({updates / warm:.0%} of config.optimizer.lr="
+                       f"{lr:g}); lower warmup_steps or raise total_steps")
+    return out
+
+
 def make_optimizer(cfg, total_steps: int | None = None,
                    mask_fn: Callable[[Any], Any] | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -119,6 +142,8 @@ def make_optimizer(cfg, total_steps: int | None = None,
     if name not in OPTIMIZERS:
         raise ValueError(f"config.optimizer.name={name!r}: expected one of {OPTIMIZERS}")
     sched = make_schedule(cfg, total_steps)
+    for w in schedule_warnings(cfg, total_steps):
+        log.warning(w)
     wd = float(_get(cfg, "weight_decay", 0.0) or 0.0)
     mask = mask_fn or decay_mask
     if name == "adamw":
