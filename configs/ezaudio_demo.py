@@ -5,21 +5,9 @@ Training alone, on an existing precompute:
           python -m launch.train --config configs/ezaudio_demo.py --workdir /tmp/demo \
               --config.data.precomputed_dir=outputs/demo/data
 Expected: about 2500-3100 of the 3400 steps fit in the 14-minute budget on 2 cores; the prompted family
-          is recognised in 0.43 of the sampled clips (29/68, chance 1/17; measured 2026-11-22; 0.25 with
-          --config.seed=1), in-domain FD 169-172 vs 52 real-vs-real: well above chance, not yet a model that
-          follows every prompt (README, "What `make demo` does"); see outputs/demo/report.md.
-
-The model is EzAudio-DiT (AdaLN-SOLA, (1 - gate) residuals, long skips, RoPE, QK-norm, masked-diffusion
-input, here trained with full masks only) at CPU size, conditioned on all-MiniLM-L6-v2 token states (384-d)
-by cross-attention plus, unlike EzAudio, their masked mean into the timestep embedding
-(``model.pooled_context``). Each token is 4 mel frames (320 values) projected onto their top-64 principal
-directions (``data.token_pca``, 99.1 % of the variance): a narrow model cannot cancel noise in 320
-dimensions the data does not use. The model is small (2.3M parameters) because at this budget it is short of
-data, not of capacity: the 4.6M-parameter width-160, depth-6 DiT ran 0.42 s a step against 0.23 s and scored
-0.15-0.21 in 14 minutes (0.31 in 28). The objective is x0-prediction on EzAudio's zero-terminal-SNR schedule
-(``diffusion.prediction_type = "sample"``; EzAudio's v-prediction measured 0.13 against 0.18 on the previous
-4.6M-parameter model, within the noise of 68 clips); DDIM (trailing, eta 1) with CFG and rescale at
-sampling, as EzAudio.
+          is recognised in 0.25-0.43 of the 68 sampled one-family clips over two seeds (chance 1/17), in-domain
+          FD 169-172 vs 52 real-vs-real: well above chance, not yet a model that follows every prompt. See
+          outputs/demo/report.md; the measured runs are in docs/experiments.md.
 """
 from configs.ezaudio_xl import ezaudio_diffusion
 from tta_jax.config import base_config
@@ -50,9 +38,8 @@ def get_config():
     c.data.crop_frames = 344          # 4 s at 22.05 kHz / hop 256
     c.data.patch_frames = 4           # 86 tokens per clip
     c.data.token_pca = 64             # top-64 principal directions of the 320-value tokens (99.1 % variance)
-    # EzAudio's masked-diffusion input with full masks only (plain text-to-audio). EzAudio's 25% partial span
-    # masks (0.25, as in configs/ezaudio_xl.py) measured 0.25 / 0.26 here (seeds 0 / 1), full masks 0.43 /
-    # 0.25: a higher mean, but the seeds disagree, so the gain is not established.
+    # EzAudio's masked-diffusion input with full masks only (plain text-to-audio); EzAudio's 25% partial span
+    # masks (configs/ezaudio_xl.py) are compared in docs/experiments.md.
     c.data.mask_partial_prob = 0.0
 
     c.optimizer.name = "adamw"

