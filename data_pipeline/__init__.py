@@ -1,12 +1,13 @@
-"""Data pipeline: raw audio + captions -> precomputed latents (ArrayRecord) -> grain batches.
+"""Data preparation: raw audio + captions -> precomputed latents (ArrayRecord shards + manifest.json).
 
 Modules (imported lazily by callers; nothing heavy is imported here):
-  embedded   seeded General-MIDI demo set (tinysoundfont), exported as a folder (wav + metadata.csv)
-  sources    folder (CSV/JSONL), AudioCaps, Clotho, WavCaps, TFDS layouts; decode/resample/crop
-  precompute frozen codec + text encoder -> ArrayRecord shards + manifest.json (resumable, multi-host)
-  records    deterministic msgpack record format
-  loader     grain pipeline (shuffle, shard by process, crops, caption dropout, masks) + global batch
-  masks      EzAudio span masks (pure numpy)
-  toy        toy codec / byte tokenizer for tests and CPU smoke runs
-CLI: `python -m launch.precompute`, `python -m data_pipeline.embedded OUT`, `python -m launch.bench_data`.
+  sources          folder (CSV/JSONL), AudioCaps, Clotho, WavCaps, TFDS layouts; decode/resample/crop
+  precompute       frozen codec + text encoder -> ArrayRecord shards + manifest.json (resumable, multi-host)
+  precompute_config / build   the CLI's default config and its codec / text / example builders
+  toy              toy codec / byte tokenizer for tests and CPU smoke runs
+  tiny_ezaudio     toy-size EzAudio data (VAE latents + toy text states)
+The reading side lives in the library: `tta_jax.data.records` (record format), `tta_jax.data.loader`
+(grain batches), `tta_jax.data.masks`, `tta_jax.data.embedded` (demo dataset). This package may import
+`tta_jax`; never the reverse.
+CLI: `python -m launch.precompute`, `python -m tta_jax.data.embedded OUT`, `python -m launch.bench_data`.
 """

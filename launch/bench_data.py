@@ -30,7 +30,7 @@ def _versions() -> dict:
 
 
 def _time_loader(data_dir: str, batch_size: int, num_workers: int, steps: int, **kw) -> dict:
-    from data_pipeline.loader import LoaderConfig, make_dataset
+    from tta_jax.data.loader import LoaderConfig, make_dataset
 
     cfg = LoaderConfig(batch_size=batch_size, num_workers=num_workers, **kw)
     it = iter(make_dataset(data_dir, cfg, 0, 1))
@@ -55,7 +55,7 @@ def bench(data_dir: str | None = None, num_clips: int = 200, duration: float = 4
     rows = []
     tmp = None
     if data_dir is None:
-        from data_pipeline import embedded
+        from tta_jax.data import embedded
         from data_pipeline.precompute import PrecomputeConfig, run_precompute
         from data_pipeline.sources import AudioConfig, folder_source
         from data_pipeline.toy import FrameCodec, byte_tokens

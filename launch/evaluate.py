@@ -71,6 +71,7 @@ def main(argv=None) -> dict:
     """Runs the suite and writes the report; -> the report. Raises ``SystemExit(3)`` (after writing the report
     and printing which weights to pass) when no metric could run."""
     a = parse_args(argv)
+    from tta_jax.convert.eval_backbones import LOADERS
     from tta_jax.eval import suite
 
     gen = suite.load_folder(a.generated, a.limit)
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
     cfg = suite.SuiteConfig(cnn14=a.cnn14, vggish=a.vggish, clap=a.clap, captions=a.captions,
                             indomain={"auto": None, "on": True, "off": False}[a.indomain],
                             kid_subsets=a.kid_subsets, kid_subset_size=a.kid_subset_size, batch=a.batch)
-    report = suite.run_suite(gen, ref, cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    report = suite.run_suite(gen, ref, cfg, log=lambda m: print(m, file=sys.stderr, flush=True), loaders=LOADERS)
     js, md = suite.write_report(report, a.out)
     for k, v in report["metrics"].items():
         print(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")

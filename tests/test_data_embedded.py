@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from data_pipeline import embedded as E
+from tta_jax.data import embedded as E
 
 
 def _tree_digest(root):

@@ -9,7 +9,7 @@ import soundfile as sf
 
 from data_pipeline import sources as S
 from data_pipeline.precompute import PrecomputeConfig, run_precompute
-from data_pipeline.records import read_shard
+from tta_jax.data.records import read_shard
 
 SR = 22050
 

@@ -116,10 +116,10 @@ def test_clap_embedder_matches_clapmodel(tmp_path, rel_err):
     from transformers import ClapFeatureExtractor
 
     from tta_jax.audio.io import resample
-    from tta_jax.eval.clap import ClapEmbedder
+    from tta_jax.convert.clap_audio import load_clap_embedder
 
     d, model = _tiny_clap_dir(tmp_path)
-    emb = ClapEmbedder.from_pretrained(str(d))
+    emb = load_clap_embedder(str(d))
     wavs = _wavs()
     ours = emb.embed_audio(wavs, 16000)
     fe = ClapFeatureExtractor.from_pretrained(str(d))
@@ -145,10 +145,10 @@ def test_clap_embedder_fused_tower(tmp_path, rel_err):
     import torch
     from transformers import ClapFeatureExtractor
 
-    from tta_jax.eval.clap import ClapEmbedder
+    from tta_jax.convert.clap_audio import load_clap_embedder
 
     d, model = _tiny_clap_dir(tmp_path, fusion=True)
-    emb = ClapEmbedder.from_pretrained(str(d))
+    emb = load_clap_embedder(str(d))
     wavs = [w[: 48000 * 3] for w in _wavs()]  # at 48 kHz: 3 s and 3 s
     ours = emb.embed_audio(wavs, 48000)
     feats = ClapFeatureExtractor.from_pretrained(str(d))(wavs, sampling_rate=48000, return_tensors="pt")
@@ -161,14 +161,14 @@ def test_clap_embedder_fused_tower(tmp_path, rel_err):
 
 
 def test_clap_embedder_missing_dir(tmp_path):
-    from tta_jax.eval.clap import ClapEmbedder
+    from tta_jax.convert.clap_audio import load_clap_embedder
 
     with pytest.raises(FileNotFoundError, match="nope"):
-        ClapEmbedder.from_pretrained(str(tmp_path / "nope"))
+        load_clap_embedder(str(tmp_path / "nope"))
 
 
 def test_clap_embedder_runs_without_torch(tmp_path):
-    from tta_jax.eval.clap import ClapEmbedder
+    from tta_jax.convert.clap_audio import load_clap_embedder
 
     d, model = _tiny_clap_dir(tmp_path)  # (torch builds the reference folder; skipped without it)
     import torch
@@ -184,11 +184,11 @@ def test_clap_embedder_runs_without_torch(tmp_path):
     np.save(tmp_path / "wav.npy", wav)
     code = BLOCK + (
         "import numpy as np\n"
-        "from tta_jax.eval.clap import ClapEmbedder\n"
-        f"e = ClapEmbedder.from_pretrained({str(d)!r})\n"
+        "from tta_jax.convert.clap_audio import load_clap_embedder\n"
+        f"e = load_clap_embedder({str(d)!r})\n"
         f"a = e.embed_audio([np.load({str(tmp_path / 'wav.npy')!r})], 16000)\n"
         "t = e.embed_text(['a dog'])\n"
-        f"b = ClapEmbedder.from_pretrained({str(dbin)!r})\n"
+        f"b = load_clap_embedder({str(dbin)!r})\n"
         "np.testing.assert_array_equal(b.embed_text(['a dog']), t)\n"
         "assert sys.modules['torch'] is None and not [m for m in sys.modules if m.startswith('torch.')]\n"
         "import importlib.util; assert importlib.util.find_spec('torch') is None\n"
@@ -196,6 +196,6 @@ def test_clap_embedder_runs_without_torch(tmp_path):
         "print('ok')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
-    emb = ClapEmbedder.from_pretrained(str(d))
+    emb = load_clap_embedder(str(d))
     np.testing.assert_allclose(np.load(tmp_path / "a.npy"), emb.embed_audio([wav], 16000), atol=1e-6)
     np.testing.assert_allclose(np.load(tmp_path / "t.npy"), emb.embed_text(["a dog"]), atol=1e-6)

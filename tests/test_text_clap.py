@@ -5,7 +5,7 @@ import pytest
 
 from tests.conftest import max_rel_err
 from tta_jax.convert.common import ConversionError, torch_state_dict_to_numpy
-from tta_jax.convert.text_encoders import convert_clap_text
+from tta_jax.convert.text_encoders import clap_text_from_pretrained_dir, convert_clap_text
 from tta_jax.text import clap as clapm
 
 TOL = 1e-4
@@ -64,7 +64,7 @@ def test_clap_text_matches_transformers(tmp_path):
     assert max(errs.values()) <= TOL, errs
     # folder loader (config.json + model.safetensors)
     model.save_pretrained(tmp_path)
-    module2, params2 = clapm.from_pretrained_dir(tmp_path)
+    module2, params2 = clap_text_from_pretrained_dir(tmp_path)
     assert module2.config == cfg
     out2 = apply({"params": params2}, ids, mask)
     assert max_rel_err(out2.text_embeds, ref.text_embeds.numpy()) <= TOL

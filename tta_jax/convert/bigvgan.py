@@ -3,7 +3,7 @@
 Weight norm (old ``weight_g``/``weight_v`` or new parametrizations) is folded. The fixed anti-aliasing
 filter buffers (``*.upsample.filter``, ``*.downsample.lowpass.filter``) are not params here: they are
 checked against the filters the module computes (a mismatch, e.g. a different kernel size, is reported
-by name) and dropped. ``.pt`` files load torch-free via :func:`tta_jax.convert.hifigan.load_torch_state_dict`.
+by name) and dropped. ``.pt`` files load torch-free via :func:`tta_jax.convert.common.load_torch_state_dict`.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Mapping
 
 import numpy as np
 
-from tta_jax.convert.common import ConversionError, fold_all_weight_norms, shapes_of
-from tta_jax.convert.hifigan import LenientMapper, load_torch_state_dict
+from tta_jax.convert.common import (ConversionError, LenientMapper, fold_all_weight_norms, load_torch_state_dict,
+                                    shapes_of)
 from tta_jax.vocoders.bigvgan import BigVGAN, BigVGANConfig, kaiser_sinc_filter
 
 

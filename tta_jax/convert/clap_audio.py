@@ -22,7 +22,9 @@ Conv2d ``[out, in, kh, kw]`` -> ``[kh, kw, in, out]``, LayerNorm ``weight`` -> `
     audio_projection.linear1 / linear2                    -> projection/linear1 / linear2
 
 :func:`tta_jax.convert.common.load_hf_state_dict` reads a transformers folder without torch (safetensors, or ``.bin`` pickles
-through the restricted torch-free reader of :mod:`tta_jax.convert.hifigan`).
+through the restricted torch-free reader :func:`tta_jax.convert.common.read_torch_pickle`).
+:func:`load_clap_embedder` loads both towers of such a folder into the evaluation suite's
+:class:`tta_jax.eval.clap.ClapEmbedder`.
 """
 from __future__ import annotations
 
@@ -121,5 +123,27 @@ def from_pretrained_dir(path, *, dtype: Any = None):
     return HTSAT(cfg, dtype=dtype), variables
 
 
+def load_clap_embedder(directory: str, *, dtype: Any = None):
+    """Loads a local HF-format CLAP directory (config.json, model weights, preprocessor and tokenizer
+    files), e.g. a snapshot of ``laion/larger_clap_general`` -> :class:`tta_jax.eval.clap.ClapEmbedder`."""
+    from transformers import AutoTokenizer
+
+    from tta_jax.convert.text_encoders import convert_clap_text
+    from tta_jax.eval.clap import ClapEmbedder, ClapFrontendConfig
+    from tta_jax.text.clap import ClapTextConfig, ClapTextEncoder
+
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"CLAP checkpoint directory not found: {directory}")
+    raw = read_hf_config(directory)
+    sd = load_hf_state_dict(directory)
+    acfg, tcfg = HTSATConfig.from_hf(raw), ClapTextConfig.from_hf(raw)
+    avars, _ = convert_clap_audio(sd, acfg, what=directory)
+    tparams, _ = convert_clap_text(sd, tcfg, what=directory)
+    tok = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    fe = ClapFrontendConfig.from_dir(directory, enable_fusion=acfg.enable_fusion)
+    return ClapEmbedder(HTSAT(acfg, dtype=dtype), avars, ClapTextEncoder(tcfg, dtype=dtype), tparams, tok, fe,
+                        name=os.path.basename(os.path.normpath(directory)))
+
+
 __all__ = ["convert_clap_audio", "load_hf_state_dict", "read_hf_config", "load_clap_audio_dir",
-           "from_pretrained_dir"]
+           "from_pretrained_dir", "load_clap_embedder"]

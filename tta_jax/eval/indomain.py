@@ -26,8 +26,10 @@ embedded dataset places its two events) is exactly its label set.
 
 The trainer takes arrays (log-mel [N, F, 80] or audio [N, T] at 22.05 kHz, integer labels), so it
 does not depend on the generator; :func:`embedded_arrays` is the thin adapter for
-``data_pipeline.embedded``. The trained model is cached under ``~/.cache/tta_jax/indomain/<hash>``
-(hash of the data and training config), and reused.
+``tta_jax.data.embedded``. The trained model is cached under ``~/.cache/tta_jax/indomain/<hash>``
+(hash of the data and training config), and reused. Training runs through the general train loop
+(:func:`tta_jax.train.loop.train`: non-finite guard, Orbax checkpoints, SIGTERM handling); its checkpoints
+in ``<hash>/run`` let an interrupted first training resume, and are removed once the model is saved.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from typing import Any, Mapping, Sequence
 
@@ -57,7 +60,7 @@ N_MELS = 80
 DATA_VERSION = 1  # bump when rendering/front end changes (invalidates the rendered-data cache)
 VERSION = 3  # bump when the model/training code changes (invalidates the cache)
 DOMAIN_NOTE = ("the in-domain evaluator (tta_jax.eval.indomain) was trained only on General-MIDI renders of the "
-               "embedded demo dataset (data_pipeline.embedded: 16 GM instrument families + drums, 4 s clips at "
+               "embedded demo dataset (tta_jax.data.embedded: 16 GM instrument families + drums, 4 s clips at "
                "22.05 kHz); its accuracies and Frechet distances mean nothing on other audio")
 
 
@@ -234,7 +237,7 @@ class Labels:
 
 
 def labels_from_rows(rows: Sequence[Mapping[str, str]]) -> Labels:
-    """Label rows of ``data_pipeline.embedded`` (columns family, pattern, register, num_events, 2_family)."""
+    """Label rows of ``tta_jax.data.embedded`` (columns family, pattern, register, num_events, 2_family)."""
     fams, pats, regs, halves = [], [], [], []
     for r in rows:
         try:
@@ -350,7 +353,7 @@ def predicted_family_sets(out: Mapping[str, np.ndarray], ks: Sequence[int]) -> l
     """The predicted family set of each clip given its number of families k (1 or 2).
 
     k = 1: top-1 of the pooled ``family`` logits. k = 2 with per-frame logits: the embedded dataset
-    lays a two-event clip out as one event per half (``data_pipeline.embedded.render_clip``), so the
+    lays a two-event clip out as one event per half (``tta_jax.data.embedded.render_clip``), so the
     pair {a, b}, a != b, maximising log p_half1(a) + log p_half2(b) (either order); without frame
     logits (or with fewer than two frames), the top-2 pooled families."""
     fam = np.asarray(out["family"])
@@ -434,10 +437,113 @@ def _spec_augment(xb: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) ->
     return xb
 
 
+class ClipBatches:
+    """The evaluator's training batches, a checkpointable iterator (``get_state``/``set_state``) for the
+    train loop.
+
+    Epoch after epoch: a permutation of the clips, then per batch its random gain shift, mel/time rolls and
+    SpecAugment masks (as ``cfg`` asks), all drawn in this order from ONE ``numpy.random.default_rng(cfg.seed)``
+    (the stream every VERSION-3 evaluator was trained with). ``steps_per_epoch = max(1, N // batch_size)``
+    batches an epoch (the rest of the permutation is dropped). A batch: {"x" [B, F, 80] normalised log-mel,
+    "family" [B, 17] multi-hot, "pattern" [B], "register" [B], "halves" [B, 2]} (:class:`Labels`).
+    """
+
+    def __init__(self, x: np.ndarray, family: np.ndarray, labels: Labels, std: np.ndarray, cfg: TrainConfig):
+        self.x, self.family, self.labels, self.std, self.cfg = x, family, labels, std, cfg
+        self.gain = np.float32(cfg.gain_aug_db / 20.0 * np.log(10.0))  # dB of amplitude -> natural-log offset
+        self.steps_per_epoch = max(1, len(x) // cfg.batch_size)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.pos = 0  # batch index within the epoch
+        self.perm = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        cfg, rng = self.cfg, self.rng
+        if self.pos == 0:
+            self.perm = rng.permutation(len(self.x))
+        idx = self.perm[self.pos * cfg.batch_size:(self.pos + 1) * cfg.batch_size]
+        shift = rng.uniform(-self.gain, self.gain, size=(len(idx), 1, 1)).astype(np.float32) / self.std
+        xb = self.x[idx] + shift
+        if cfg.freq_shift or cfg.time_roll:
+            xb = np.stack([np.roll(np.roll(a, int(rng.integers(-cfg.freq_shift, cfg.freq_shift + 1)), axis=1),
+                                   int(rng.integers(a.shape[0])) if cfg.time_roll else 0, axis=0) for a in xb])
+        if cfg.time_masks or cfg.freq_masks:
+            xb = _spec_augment(xb, cfg, rng)
+        self.pos = (self.pos + 1) % self.steps_per_epoch
+        return {"x": xb, "family": self.family[idx], "pattern": self.labels.pattern[idx],
+                "register": self.labels.register[idx], "halves": self.labels.halves[idx]}
+
+    def get_state(self) -> dict:
+        """JSON-able: position in the epoch, its permutation and the generator state (128-bit ints as hex)."""
+        st = self.rng.bit_generator.state
+        return {"pos": self.pos, "perm": None if self.pos == 0 else self.perm.tolist(),
+                "rng": {"bit_generator": st["bit_generator"], "state": hex(st["state"]["state"]),
+                        "inc": hex(st["state"]["inc"]), "has_uint32": int(st["has_uint32"]),
+                        "uinteger": int(st["uinteger"])}}
+
+    def set_state(self, state: dict) -> None:
+        try:
+            r = state["rng"]
+            self.rng.bit_generator.state = {
+                "bit_generator": r["bit_generator"], "has_uint32": r["has_uint32"], "uinteger": r["uinteger"],
+                "state": {"state": int(r["state"], 16), "inc": int(r["inc"], 16)}}
+            self.pos = int(state["pos"])
+            self.perm = None if state["perm"] is None else np.asarray(state["perm"], np.int64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"ClipBatches.set_state: not a state of this iterator ({e!r}): {str(state)[:200]}") from e
+        if not 0 <= self.pos < self.steps_per_epoch or (self.pos and len(self.perm) != len(self.x)):
+            raise ValueError(f"ClipBatches.set_state: batch {self.pos} of an epoch of {self.steps_per_epoch} over "
+                             f"{len(self.x)} clips does not fit this data (another training set?)")
+
+
+class TrainingInterrupted(RuntimeError):
+    """The evaluator's training stopped early (SIGTERM); its checkpoint in ``workdir`` resumes it."""
+
+
+def loop_config(cfg: TrainConfig, num_clips: int, *, progress_bar: bool = False, ckpt_every: int = 0):
+    """The train loop's config (:func:`tta_jax.train.config.trainer_config`) for ``cfg`` on ``num_clips``:
+    AdamW (``cfg.lr``, ``cfg.weight_decay`` on every param, no clipping) with linear warm-up over
+    min(100, total / 10) steps then cosine decay to 0 over the total of ``epochs * steps_per_epoch`` steps,
+    no EMA, one log record per epoch, one device (the same result on any machine); ``ckpt_every`` 0: one
+    checkpoint at the end."""
+    from tta_jax.train.config import trainer_config
+
+    total = max(1, num_clips // cfg.batch_size) * cfg.epochs
+    c = trainer_config()
+    c.seed = int(cfg.seed)
+    c.builder = "tta_jax.eval.indomain:train"  # built from arrays by train(), not from the config
+    c.mesh.data = 1
+    c.optimizer.update(dict(name="adamw", lr=float(cfg.lr), schedule="cosine", warmup_steps=min(100, total // 10),
+                            decay_steps=total, end_lr_factor=0.0, b1=0.9, b2=0.999, eps=1e-8,
+                            weight_decay=float(cfg.weight_decay), clip_norm=0.0, grad_accum=1))
+    c.train.update(dict(total_steps=total, batch_size=int(cfg.batch_size), ema_decay=0.0,
+                        log_every=max(1, num_clips // cfg.batch_size), ckpt_every=int(ckpt_every or total),
+                        keep_ckpts=1, progress_bar=bool(progress_bar), tensorboard=False, measure_peak=False))
+    return c
+
+
+def _decay_all(params):
+    """Weight decay on every parameter (biases and norms included), as optax.adamw's default."""
+    return jax.tree.map(lambda _: True, params)
+
+
 def train(mels: np.ndarray, labels: Labels, cfg: TrainConfig = TrainConfig(), *, verbose: bool = True,
-          info: dict | None = None, eval_set: tuple | None = None) -> InDomainEvaluator:
+          info: dict | None = None, eval_set: tuple | None = None, workdir: str | None = None) -> InDomainEvaluator:
     """Trains the in-domain net on log-mel [N, F, 80] with labels; returns an evaluator.
-    ``eval_set=(mels, labels)``: print its accuracy after every epoch (monitoring only)."""
+
+    Runs through the general train loop (:func:`tta_jax.train.loop.train`, :func:`loop_config`,
+    :class:`ClipBatches`), so it has the loop's non-finite guard and checkpoints: with ``workdir`` one per
+    epoch there (an interrupted training resumes from it and ends with the same params); without, a
+    temporary directory. The same arrays and ``cfg`` give the same params. ``verbose``: a progress bar
+    (loss, steps/s) and, with ``eval_set=(mels, labels)``, its accuracy printed after every epoch
+    (monitoring only). SIGTERM stops it with a checkpoint and :class:`TrainingInterrupted`."""
+    import contextlib
+    import tempfile
+
+    from tta_jax.train import loop
+
     mels = np.asarray(mels, np.float32)
     if mels.ndim != 3 or mels.shape[-1] != N_MELS:
         raise ValueError(f"train expects log-mel [N, F, {N_MELS}], got {mels.shape}")
@@ -445,52 +551,40 @@ def train(mels: np.ndarray, labels: Labels, cfg: TrainConfig = TrainConfig(), *,
         raise ValueError(f"train: {len(mels)} clips but {len(labels.family_sets)} labels")
     mean = mels.mean(axis=(0, 1))
     std = mels.std(axis=(0, 1)) + 1e-5
-    x_all = (mels - mean) / std
-    fam_y = labels.family_multi_hot()
-    rng = np.random.default_rng(cfg.seed)
+    batches = ClipBatches((mels - mean) / std, labels.family_multi_hot(), labels, std, cfg)
+    per_epoch = batches.steps_per_epoch
+    config = loop_config(cfg, len(mels), progress_bar=verbose, ckpt_every=per_epoch if workdir else 0)
     net = cfg.net()
-    params = net.init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1,) + mels.shape[1:]))
-    steps_per_epoch = max(1, len(mels) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(100, total // 10), total)
-    opt = optax.adamw(sched, weight_decay=cfg.weight_decay)
-    opt_state = opt.init(params)
-    gain = np.float32(cfg.gain_aug_db / 20.0 * np.log(10.0))  # dB of amplitude -> natural-log offset
+    x0 = jnp.zeros((1,) + mels.shape[1:])
 
-    @jax.jit
-    def step(params, opt_state, x, fy, py, ry, hv):
-        loss, g = jax.value_and_grad(_loss)(params, x, fy, py, ry, net, cfg.family_loss, cfg.label_smoothing,
-                                            hv, cfg.frame_weight)
-        upd, opt_state = opt.update(g, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state, loss
+    def init_fn(rng):  # noqa: ARG001 - the net's own key, PRNGKey(cfg.seed), as every VERSION-3 evaluator
+        return net.init(jax.random.PRNGKey(cfg.seed), x0)
 
+    def loss_fn(params, b, rng):  # noqa: ARG001 - no dropout
+        return _loss(params, b["x"], b["family"], b["pattern"], b["register"], net, cfg.family_loss,
+                     cfg.label_smoothing, b["halves"], cfg.frame_weight), {}
+
+    def evaluate(params, step):
+        acc = InDomainEvaluator(params, mean, std, {"train_config": dataclasses.asdict(cfg)}).accuracy(*eval_set)
+        print(f"[indomain] epoch {step // per_epoch}/{cfg.epochs} {json.dumps(acc)}", flush=True)
+        return {f"eval/{k}": v for k, v in acc.items()}
+
+    task = loop.Task(init_fn=init_fn, loss_fn=loss_fn, train_iter=batches, decay_mask_fn=_decay_all,
+                     eval_fn=evaluate if verbose and eval_set is not None else None, eval_every=per_epoch)
     t0 = time.time()
-    for ep in range(cfg.epochs):
-        perm = rng.permutation(len(mels))
-        losses = []
-        for s in range(steps_per_epoch):
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            shift = rng.uniform(-gain, gain, size=(len(idx), 1, 1)).astype(np.float32) / std
-            xb = x_all[idx] + shift
-            if cfg.freq_shift or cfg.time_roll:
-                xb = np.stack([np.roll(np.roll(a, int(rng.integers(-cfg.freq_shift, cfg.freq_shift + 1)), axis=1),
-                                       int(rng.integers(a.shape[0])) if cfg.time_roll else 0, axis=0) for a in xb])
-            if cfg.time_masks or cfg.freq_masks:
-                xb = _spec_augment(xb, cfg, rng)
-            params, opt_state, loss = step(params, opt_state, xb, fam_y[idx],
-                                           labels.pattern[idx], labels.register[idx], labels.halves[idx])
-            losses.append(float(loss))
-        if verbose:
-            msg = ""
-            if eval_set is not None:
-                ev = InDomainEvaluator(params, mean, std, {"train_config": dataclasses.asdict(cfg)})
-                msg = " " + json.dumps(ev.accuracy(*eval_set))
-            dt = time.time() - t0
-            print(f"[indomain] epoch {ep + 1}/{cfg.epochs} loss {np.mean(losses):.4f} ({dt:.0f} s, "
-                  f"{(ep + 1) * steps_per_epoch / dt:.2f} steps/s){msg}", flush=True)
+    with contextlib.ExitStack() as stack:
+        wd = workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="indomain_"))
+        res = loop.train(config, wd, task)
+    if res.reason != "done":
+        raise TrainingInterrupted(f"in-domain evaluator training stopped at step {res.step} of "
+                                  f"{config.train.total_steps} ({res.reason})"
+                                  + (f"; run again to resume from {workdir}" if workdir else ""))
+    if verbose and res.history:
+        print(f"[indomain] {res.step} steps ({cfg.epochs} epochs) in {time.time() - t0:.0f} s, last epoch loss "
+              f"{res.history[-1]['loss']:.4f}", flush=True)
     info = dict(info or {}, train_seconds=round(time.time() - t0, 1), train_clips=int(len(mels)),
                 train_config=dataclasses.asdict(cfg), version=VERSION)
-    return InDomainEvaluator(jax.tree.map(np.asarray, params), mean, std, info)
+    return InDomainEvaluator(jax.tree.map(np.asarray, res.state.params), mean, std, info)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -526,7 +620,8 @@ def load(directory: str) -> InDomainEvaluator:
     with open(os.path.join(directory, "info.json")) as f:
         info = json.load(f)
     ev = InDomainEvaluator(None, None, None, info)
-    template = ev.net().init(jax.random.PRNGKey(0), jnp.zeros((1, 64, N_MELS)))
+    # the tree structure only (eval_shape): an eager init of the net took ~7 s on CPU
+    template = jax.eval_shape(lambda: ev.net().init(jax.random.PRNGKey(0), jnp.zeros((1, 64, N_MELS))))
     with open(path, "rb") as f:
         ev.params = serialization.from_bytes(template, f.read())
     norm = np.load(os.path.join(directory, "norm.npz"))
@@ -535,14 +630,14 @@ def load(directory: str) -> InDomainEvaluator:
 
 
 # --------------------------------------------------------------------------------------------------
-# Adapter for data_pipeline.embedded
+# Adapter for tta_jax.data.embedded
 # --------------------------------------------------------------------------------------------------
 def embedded_arrays(num_clips: int = 3000, seed: int = 0, splits: Sequence[str] = ("train",),
                     num_workers: int = 2, cache: bool = True, two_event_prob: float | None = None):
     """Renders (or loads from the cache) the embedded dataset: (keys, log-mel [N, F, 80], Labels, rows)
-    for the clips in ``splits``. Uses ``data_pipeline.embedded`` (22.05 kHz, 4 s clips); ``two_event_prob``
+    for the clips in ``splits``. Uses ``tta_jax.data.embedded`` (22.05 kHz, 4 s clips); ``two_event_prob``
     overrides the dataset's default share of two-event clips."""
-    from data_pipeline import embedded as E
+    from tta_jax.data import embedded as E
 
     cfg = E.EmbeddedConfig(num_clips=num_clips, seed=seed)
     if two_event_prob is not None:
@@ -586,7 +681,7 @@ def extra_seed(seed: int, which: int = 0) -> int:
 
 def _check_disjoint(num_clips: int, seed: int, extra: int, which: int = 0, two_event_prob: float = 0.25) -> None:
     """Refuse extra training clips whose spec equals a test/valid clip's spec (no leak into training)."""
-    from data_pipeline import embedded as E
+    from tta_jax.data import embedded as E
 
     cfg = E.EmbeddedConfig(num_clips=num_clips, seed=seed)
     splits = E._split_table(num_clips, seed, cfg.valid_frac, cfg.test_frac)
@@ -621,10 +716,12 @@ def get_or_train(num_clips: int = 3000, seed: int = 0, cfg: TrainConfig = TrainC
             mels = np.concatenate([mels, m2], 0)
             labels = Labels.concat(labels, l2)
     data_s = round(time.time() - t0, 1)
-    ev = train(mels, labels, cfg, verbose=verbose,
-               info={"dataset": "data_pipeline.embedded", "num_clips": num_clips, "seed": seed, "hash": key,
+    run_dir = os.path.join(directory, "run")  # the loop's checkpoints: an interrupted training resumes
+    ev = train(mels, labels, cfg, verbose=verbose, workdir=run_dir,
+               info={"dataset": "tta_jax.data.embedded", "num_clips": num_clips, "seed": seed, "hash": key,
                      "data_seconds": data_s})
     save(ev, directory)
+    shutil.rmtree(run_dir, ignore_errors=True)
     return ev
 
 

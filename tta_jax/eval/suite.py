@@ -146,7 +146,7 @@ def load_folder(directory: str, limit: int | None = None) -> ClipSet:
 
 def load_embedded(spec: str = "embedded", split: str = "test", limit: int | None = None) -> ClipSet:
     """``embedded[:NUM_CLIPS[:SEED]]``: the rendered split of the embedded demo dataset."""
-    from data_pipeline import embedded as E
+    from tta_jax.data import embedded as E
 
     parts = spec.split(":")
     cfg = E.EmbeddedConfig(num_clips=int(parts[1]) if len(parts) > 1 else E.EmbeddedConfig.num_clips,
@@ -159,7 +159,7 @@ def load_embedded(spec: str = "embedded", split: str = "test", limit: int | None
         audio.append(a)
         rows[row["key"]] = row
         caps[row["key"]] = row["caption"]
-    src = f"data_pipeline.embedded(num_clips={cfg.num_clips}, seed={cfg.seed}, split={split})"
+    src = f"tta_jax.data.embedded(num_clips={cfg.num_clips}, seed={cfg.seed}, split={split})"
     return ClipSet(names, audio, [cfg.sample_rate] * len(names), src, caps, rows)
 
 
@@ -240,9 +240,26 @@ def versions() -> dict:
     return out
 
 
-def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=print) -> dict:
-    """Computes every metric it can; returns the report dict (protocol, metrics, skipped)."""
+BACKBONES = ("cnn14", "vggish", "clap")  # backbones with third-party weights, each loaded by loaders[name]
+
+
+def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=print,
+              loaders: Mapping[str, Callable[[str], Any]] | None = None) -> dict:
+    """Computes every metric it can; returns the report dict (protocol, metrics, skipped).
+
+    ``loaders[name](path)`` loads backbone ``name`` of :data:`BACKBONES` from its weights: ``"cnn14"`` and
+    ``"vggish"`` -> flax variables, ``"clap"`` -> a :class:`tta_jax.eval.clap.ClapEmbedder`. The converters
+    that read those checkpoints live in ``tta_jax.convert`` (which this package never imports): pass
+    :data:`tta_jax.convert.eval_backbones.LOADERS`, as ``launch.evaluate`` does. Raises ValueError naming
+    the backbone when its weights are found but ``loaders`` has no entry for it.
+    """
     t0 = time.time()
+    found = {name: resolve_weights(name, getattr(cfg, name)) for name in BACKBONES}
+    no_loader = [n for n, (path, _) in found.items() if path is not None and n not in (loaders or {})]
+    if no_loader:
+        raise ValueError(f"run_suite: weights found for {', '.join(no_loader)} but loaders= has no entry for "
+                         f"{'it' if len(no_loader) == 1 else 'them'}; pass "
+                         "loaders=tta_jax.convert.eval_backbones.LOADERS")
     gi, ri, missing = M.pair_by_name(gen.names, ref.names)
     metrics: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -266,7 +283,7 @@ def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=
     }
 
     # ---- PANNs CNN14: FD, KID, KL, IS
-    path, how = resolve_weights("cnn14", cfg.cnn14)
+    path, how = found["cnn14"]
     if path is None:
         missing_weights["cnn14"] = how
         for k in ("fd_panns", "kid_panns", "kl_softmax", "kl_sigmoid", "is_panns"):
@@ -275,7 +292,7 @@ def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=
         from tta_jax.eval import panns
 
         log(f"[evaluate] PANNs CNN14 from {path}")
-        fn = panns.make_embed_fn(panns.load_cnn14(path))
+        fn = panns.make_embed_fn(loaders["cnn14"](path))
         fg = embed_batched(fn, gen.at(16000), cfg.batch)
         fr = embed_batched(fn, ref.at(16000), cfg.batch)
         eg, er = np.stack([o["embedding"] for o in fg]), np.stack([o["logits"] for o in fg])
@@ -295,7 +312,7 @@ def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=
             er, splits=min(cfg.is_splits, len(er)), seed=cfg.seed))
 
     # ---- VGGish: FAD
-    path, how = resolve_weights("vggish", cfg.vggish)
+    path, how = found["vggish"]
     if path is None:
         missing_weights["vggish"] = how
         skipped["fad_vggish"] = f"VGGish weights not found at {how}"
@@ -303,7 +320,7 @@ def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=
         from tta_jax.eval import vggish
 
         log(f"[evaluate] VGGish from {path}")
-        fn = vggish.make_embed_fn(vggish.load_vggish(path))
+        fn = vggish.make_embed_fn(loaders["vggish"](path))
         vg = np.concatenate(embed_batched(fn, _min_len(gen.at(16000), 15600), cfg.batch), 0)
         vr = np.concatenate(embed_batched(fn, _min_len(ref.at(16000), 15600), cfg.batch), 0)
         backbones["vggish"] = {"checkpoint": os.path.abspath(path), "sha256": sha256_of(path), "sample_rate": 16000,
@@ -312,16 +329,16 @@ def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=
         _try(metrics, skipped, "fad_vggish", lambda: M.frechet_audio_distance(vg, vr))
 
     # ---- CLAP: CLAP score, CLAP_A
-    path, how = resolve_weights("clap", cfg.clap)
+    path, how = found["clap"]
     if path is None:
         missing_weights["clap"] = how
         skipped["clap"] = skipped["clap_a"] = f"CLAP checkpoint directory not found at {how}"
     else:
         try:
-            from tta_jax.eval.clap import CLAP_SR, ClapEmbedder
+            from tta_jax.eval.clap import CLAP_SR
 
             log(f"[evaluate] CLAP from {path}")
-            clap = ClapEmbedder.from_pretrained(path)
+            clap = loaders["clap"](path)
             ag = clap.embed_audio(gen.at(CLAP_SR), CLAP_SR, cfg.batch)
             backbones["clap"] = {"checkpoint": os.path.abspath(path), "sha256": sha256_of(path),
                                  "sample_rate": CLAP_SR, "runtime": getattr(clap, "runtime", "tta_jax JAX"),
@@ -343,7 +360,7 @@ def run_suite(gen: ClipSet, ref: ClipSet, cfg: SuiteConfig = SuiteConfig(), log=
             skipped.setdefault("clap_a", skipped["clap"])
 
     # ---- in-domain evaluator (embedded demo dataset)
-    want_indomain = cfg.indomain if cfg.indomain is not None else ref.source.startswith("data_pipeline.embedded")
+    want_indomain = cfg.indomain if cfg.indomain is not None else _is_embedded(ref)
     if want_indomain:
         protocol["indomain"] = _indomain(gen, ref, gi, ri, metrics, skipped, backbones, log, cfg.seed)
 
@@ -370,7 +387,7 @@ def _try(metrics, skipped, name, fn):
 
 
 def _is_embedded(clips: ClipSet) -> bool:
-    return clips.source.startswith("data_pipeline.embedded(")
+    return clips.source.startswith("tta_jax.data.embedded(")
 
 
 def _heldout_real(ref: ClipSet, n: int, log) -> tuple[ClipSet | None, str]:
@@ -379,7 +396,7 @@ def _heldout_real(ref: ClipSet, n: int, log) -> tuple[ClipSet | None, str]:
     -> (the clips or None, what they are)."""
     import re
 
-    m = re.match(r"data_pipeline\.embedded\(num_clips=(\d+), seed=(\d+), split=(\w+)\)", ref.source)
+    m = re.match(r"tta_jax\.data\.embedded\(num_clips=(\d+), seed=(\d+), split=(\w+)\)", ref.source)
     if not m or n < 2:
         return None, ""
     num, seed, split = int(m.group(1)), int(m.group(2)), m.group(3)

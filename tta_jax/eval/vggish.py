@@ -1,4 +1,4 @@
-"""VGGish (Hershey et al. 2017) as a linen module, with a converter from torchvggish's checkpoint.
+"""VGGish (Hershey et al. 2017) as a linen module (converter and loader: :mod:`tta_jax.convert.vggish`).
 
 FAD (Kilgour et al. 2019) uses VGGish frame embeddings: 16 kHz audio -> 0.96 s log-mel patches
 [96, 64] (:func:`tta_jax.eval.frontends.vggish_examples`) -> VGG (64, M, 128, M, 256, 256, M, 512, 512,
@@ -12,18 +12,15 @@ Checkpoint: torchvggish's ``vggish-10086976.pth`` (keys ``features.{0,3,6,8,11,1
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from tta_jax.convert.common import KeyMapper, load_state_dict, shapes_of
 from tta_jax.eval.frontends import VGGISH_MELS, VGGISH_PATCH, vggish_examples
 
 _CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M")
-_TORCH_CONV_IDX = (0, 3, 6, 8, 11, 13)
 
 
 class VGGish(nn.Module):
@@ -56,22 +53,6 @@ class VGGish(nn.Module):
 def init_variables(rng=None):
     rng = jax.random.PRNGKey(0) if rng is None else rng
     return VGGish().init(rng, jnp.zeros((1, VGGISH_PATCH, VGGISH_MELS), jnp.float32))
-
-
-def convert_vggish(state_dict: Mapping[str, np.ndarray], *, strict: bool = True, what: str = "VGGish checkpoint"):
-    """torchvggish state dict -> flax variables {"params": ...}. PCA params (``pproc``) are ignored."""
-    m = KeyMapper(state_dict)
-    for k, i in enumerate(_TORCH_CONV_IDX):
-        m.conv(f"features.{i}", f"params/conv{k}")
-    for k, i in enumerate((0, 2, 4)):
-        m.dense(f"embeddings.{i}", f"params/fc{k + 1}")
-    target = shapes_of(jax.eval_shape(init_variables))
-    return m.finish(target, strict=strict, what=what, ignore=lambda key: key.startswith("pproc."))
-
-
-def load_vggish(path: str):
-    variables, _ = convert_vggish(load_state_dict(path), what=str(path))
-    return variables
 
 
 def make_embed_fn(variables, final_relu: bool = False):

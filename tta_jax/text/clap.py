@@ -139,14 +139,5 @@ def get_text_features(module: ClapTextEncoder, params, input_ids: Array, attenti
     return normalize(out.text_embeds)
 
 
-def from_pretrained_dir(path, *, dtype: Any = None):
-    """Loads a transformers CLAP folder (ClapModel or ClapTextModelWithProjection; config.json +
-    safetensors / .bin); the audio tower is ignored. -> (ClapTextEncoder, params)."""
-    from tta_jax.convert.text_encoders import load_clap_text_dir
-
-    cfg, params = load_clap_text_dir(path)
-    return ClapTextEncoder(cfg, dtype=dtype), params
-
-
 __all__ = ["ClapTextConfig", "ClapTextEncoder", "CONFIGS", "roberta_position_ids", "normalize",
-           "get_text_features", "from_pretrained_dir"]
+           "get_text_features"]

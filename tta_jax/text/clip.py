@@ -198,14 +198,5 @@ class TowerTextEncoder:
         return states, mask > 0
 
 
-def from_pretrained_dir(path, *, with_projection: bool | None = None, dtype: Any = None):
-    """Loads a transformers CLIP text model folder (config.json + model.safetensors / shards / .bin).
-    -> (CLIPTextEncoder, params)."""
-    from tta_jax.convert.text_encoders import load_clip_text_dir
-
-    cfg, params = load_clip_text_dir(path, with_projection=with_projection)
-    return CLIPTextEncoder(cfg, dtype=dtype), params
-
-
 __all__ = ["CLIPTextConfig", "CLIPTextEncoder", "CONFIGS", "TextEncoderOutput", "TowerTextEncoder", "attention",
-           "key_padding_bias", "activation", "pool_eos", "from_pretrained_dir"]
+           "key_padding_bias", "activation", "pool_eos"]

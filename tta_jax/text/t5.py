@@ -159,13 +159,4 @@ class T5Encoder(nn.Module):
         return TextEncoderOutput(x.astype(jnp.float32))
 
 
-def from_pretrained_dir(path, *, dtype: Any = None):
-    """Loads a transformers T5 / FLAN-T5 folder (config.json + safetensors, shards or .bin); the decoder
-    of a full seq2seq checkpoint is ignored. -> (T5Encoder, params)."""
-    from tta_jax.convert.text_encoders import load_t5_dir
-
-    cfg, params = load_t5_dir(path)
-    return T5Encoder(cfg, dtype=dtype), params
-
-
-__all__ = ["T5Config", "T5Encoder", "CONFIGS", "relative_position_bucket", "from_pretrained_dir"]
+__all__ = ["T5Config", "T5Encoder", "CONFIGS", "relative_position_bucket"]

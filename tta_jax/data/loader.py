@@ -1,4 +1,4 @@
-"""grain loader over precomputed ArrayRecord shards (see precompute.py) + global batch assembly.
+"""grain loader over precomputed ArrayRecord shards (written by data_pipeline/precompute.py) + global batch assembly.
 
 Pipeline (grain 0.2 dataset API):
   MapDataset.source(ArrayRecordDataSource(manifest shards))
@@ -11,10 +11,12 @@ Pipeline (grain 0.2 dataset API):
 The iterator (`iter(dataset)`) is checkpointable: `it.get_state()` / `it.set_state(state)`;
 save the state with the train state (grain.checkpoint handlers work with Orbax).
 
-Batch (per process, numpy): latent [B, T, C] float32, latent_valid [B, T] float32 (1 = real frame),
-caption_dropped [B] bool, each text feature the precompute stored (e.g. input_ids [B, L] or
-text [B, L, D] + text_mask [B, L]), mask [B, T] float32 (1 = generate) when masks are on, and
-caption [B] str when `keep_strings`.
+Batch (per process, numpy): latent [B, T, C] (sequence records) or [B, H, T, C] (image records, e.g.
+a KL-VAE over a mel image, H = frequency rows) float32; time is always axis -2 and `crop_frames`
+crops / zero-pads along it. Per time frame in both cases: latent_valid [B, T] float32 (1 = real
+frame) and mask [B, T] float32 (1 = generate) when masks are on. Also caption_dropped [B] bool, each
+text feature the precompute stored (e.g. input_ids [B, L] or text [B, L, D] + text_mask [B, L]), and
+caption [B] str + key [B] str when `keep_strings`.
 
 Multiprocessing note: parse absl flags (app.run) *before* building the loader; grain's worker
 processes (num_workers > 0) read absl flags and fail on unparsed ones. Outside an absl app
@@ -29,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline import records
-from data_pipeline.masks import sample_mask
+from tta_jax.data import records
+from tta_jax.data.masks import sample_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +41,8 @@ class LoaderConfig:
     seed: int = 0
     shuffle: bool = True
     num_epochs: int | None = None       # None: repeat forever
-    crop_frames: int | None = None      # random latent crop (zero-padded if shorter)
-    caption_dropout: float = 0.0        # p of replacing text features with the null caption's
+    crop_frames: int | None = None      # random crop along the latent's time axis -2 (zero-padded if shorter)
+    caption_dropout: float = 0.0        # p of replacing text features with the null caption's (per encoder)
     mask_partial_prob: float | None = None  # EzAudio masks: None = off, else 0.25
     mask_span: int = 10
     split: str | None = None            # keep only records of this split
@@ -82,6 +84,27 @@ class _Decode:
         return records.decode_record(raw)
 
 
+def crop_time(latent: np.ndarray, valid: np.ndarray, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames [start, start + length) of ``latent`` [..., T, C] along its time axis -2 and of ``valid``
+    [T]; zero-padded at the end (latent and valid) where fewer than ``length`` frames remain.
+    -> (latent [..., length, C], valid [length])."""
+    if length <= 0 or not 0 <= start <= max(latent.shape[-2] - 1, 0):
+        raise ValueError(f"crop_frames={length} from frame {start}: expected length > 0 and a start inside "
+                         f"the {latent.shape[-2]} frames of the latent")
+    z, v = latent[..., start:start + length, :], valid[start:start + length]
+    short = length - v.shape[0]
+    if short:
+        z = np.pad(z, [(0, 0)] * (z.ndim - 2) + [(0, short), (0, 0)])
+        v = np.pad(v, (0, short))
+    return z, v
+
+
+def text_group(key: str) -> str:
+    """The text encoder a record feature belongs to: ``"txt:text:1"`` -> ``"1"``, ``"txt:text"`` -> ``""``."""
+    name = key[4:] if key.startswith("txt:") else key
+    return name.split(":", 1)[1] if ":" in name else ""
+
+
 class _Augment:
     """Random transforms of one decoded record (rng from grain, seeded per index)."""
 
@@ -91,25 +114,25 @@ class _Augment:
     def __call__(self, rec: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         cfg = self.cfg
         z = np.asarray(rec["latent"], np.float32)
-        frames = int(rec.get("latent_frames", z.shape[0]))
-        valid = (np.arange(z.shape[0]) < frames).astype(np.float32)
+        t = records.latent_time_len(z.shape, f"record {rec.get('key', '?')!r} field 'latent'")
+        frames = int(rec.get("latent_frames", t))
+        valid = (np.arange(t) < frames).astype(np.float32)
         if cfg.crop_frames is not None:
-            c = int(cfg.crop_frames)
-            if z.shape[0] > c:
-                start = int(rng.integers(0, max(frames - c, 0) + 1))
-                z, valid = z[start:start + c], valid[start:start + c]
-            else:
-                pad = [(0, c - z.shape[0])] + [(0, 0)] * (z.ndim - 1)
-                z, valid = np.pad(z, pad), np.pad(valid, (0, c - valid.shape[0]))
+            start = int(rng.integers(0, max(frames - cfg.crop_frames, 0) + 1)) if t > cfg.crop_frames else 0
+            z, valid = crop_time(z, valid, start, int(cfg.crop_frames))
         out: dict[str, Any] = {"latent": z, "latent_valid": valid}
-        drop = bool(cfg.caption_dropout > 0 and rng.uniform() < cfg.caption_dropout)
+        # one CFG drop decision per text encoder: features "txt:text:<i>" / "txt:text_mask:<i>" of a multi
+        # encoder are encoder i's (Auffusion's per-encoder dropout); a single encoder is one group
+        groups = sorted({text_group(k) for k in rec if k.startswith("txt:")})
+        dropped = {g: bool(cfg.caption_dropout > 0 and rng.uniform() < cfg.caption_dropout) for g in groups}
+        drop = bool(groups) and all(dropped.values())
         out["caption_dropped"] = np.bool_(drop)
         for k, v in rec.items():
             if k.startswith("txt:"):
                 name = k[4:]
-                out[name] = self.null[name] if (drop and self.null is not None) else v
+                out[name] = self.null[name] if (dropped[text_group(k)] and self.null is not None) else v
         if cfg.mask_partial_prob is not None:
-            out["mask"] = sample_mask(z.shape[0], rng, cfg.mask_partial_prob, cfg.mask_span)
+            out["mask"] = sample_mask(valid.shape[0], rng, cfg.mask_partial_prob, cfg.mask_span)
         if cfg.keep_strings:
             out["caption"] = "" if drop else rec["caption"]
             out["key"] = rec["key"]

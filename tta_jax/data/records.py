@@ -3,6 +3,10 @@
 A record is a flat dict of str -> (str | int | float | np.ndarray | dict of str). It is stored as
 msgpack; numpy arrays become {"__nd__": True, "dtype": str, "shape": [..], "data": bytes} (C order),
 so encoding is deterministic (same dict -> same bytes; keys are written sorted).
+
+A record's ``latent`` is either a sequence [T, C] or an image [H, T, C] (e.g. a KL-VAE over a mel
+image, H = frequency rows); time is always axis -2 (``LATENT_TIME_AXIS``), and ``latent_frames`` counts
+the valid frames along it.
 """
 from __future__ import annotations
 
@@ -12,6 +16,18 @@ import msgpack
 import numpy as np
 
 ARRAY_RECORD_OPTIONS = "group_size:1"  # random access per record (what grain's global shuffle needs)
+LATENT_TIME_AXIS = -2                   # [T, C] and [H, T, C] latents: time is the second-to-last axis
+
+
+def latent_time_len(shape, where: str = "latent") -> int:
+    """Number of time frames T of a record latent of ``shape`` [T, C] or [H, T, C].
+
+    Raises ValueError naming ``where`` for any other rank."""
+    shape = tuple(shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"{where}: expected a latent [T, C] (sequence) or [H, T, C] (image), got shape "
+                         f"{list(shape)}")
+    return int(shape[LATENT_TIME_AXIS])
 
 
 def _pack(x: Any) -> Any:

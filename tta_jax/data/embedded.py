@@ -11,7 +11,7 @@ each clip is rendered by a fresh `tinysoundfont.Synth`, so the output is byte-id
 seed whatever the number of worker processes or their scheduling.
 
 Export (`export_embedded`) writes `<out>/audio/clip_00000.wav` (16-bit PCM) and `<out>/metadata.csv`
-(path, caption, split + label columns): the same layout `sources.folder_source` reads.
+(path, caption, split + label columns): the same layout `data_pipeline.sources.folder_source` reads.
 
 Shapes: rendered audio is float32 [T] mono, T = round(duration * sample_rate).
 """
@@ -25,6 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from tta_jax.audio.synth import soundfont_path
 
 FAMILIES: tuple[str, ...] = (
     "piano", "chromatic percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass",
@@ -50,16 +52,6 @@ _PATTERN_NP = {
 _MAJOR = (0, 2, 4, 5, 7, 9, 11, 12)
 KICK, SNARE, HAT, OPEN_HAT, CRASH = 36, 38, 42, 46, 49
 TOMS = (50, 48, 47, 45, 43, 41)
-
-
-def soundfont_path() -> str:
-    """Path of pretty_midi's bundled General-MIDI soundfont (TimGM6mb.sf2)."""
-    import pretty_midi
-
-    path = os.path.join(os.path.dirname(pretty_midi.__file__), "TimGM6mb.sf2")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"bundled soundfont not found at {path} (is pretty_midi installed?)")
-    return path
 
 
 def program_name(program: int) -> str:
@@ -377,7 +369,7 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m data_pipeline.embedded OUT [--num_clips N --seed S --sample_rate SR --workers W]`."""
+    """`python -m tta_jax.data.embedded OUT [--num_clips N --seed S --sample_rate SR --workers W]`."""
     import argparse
     import time
 
