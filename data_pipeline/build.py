@@ -1,17 +1,33 @@
-"""Builders shared by the precompute CLI and the demo: examples, frozen codec and text encoder from a
-precompute config (``data_pipeline/precompute_config.py``)."""
+"""Builders shared by the precompute CLI and the demo: examples, and the frozen codec and text encoder from
+the registries (:mod:`tta_jax.codecs.registry`, :mod:`tta_jax.text.registry`), from a precompute config
+(``data_pipeline/precompute_config.py``) whose ``codec`` / ``text`` sections may come from a system config.
+
+    manifest = run(c, out_dir)                    # codec + text encoder + examples -> shards + manifest.json
+    manifest = run(c, out_dir, system=system_cfg) # the system's codec and text sections replace c's
+
+The audio is resampled to the codec's sample rate: ``config.audio.sample_rate`` 0 (the default) follows
+the codec, any other value must equal it. The manifest's ``codec`` / ``text`` fields are the registries'
+``info`` (what training and sampling compare their config with).
+"""
 from __future__ import annotations
 
 import os
+from typing import Any
+
+from tta_jax import sections
+from tta_jax.errors import ConfigError
 
 
-def build_examples(c, out_dir: str, progress: bool = True):
-    from data_pipeline import embedded, sources
+def build_examples(c, out_dir: str, progress: bool = True, sample_rate: int | None = None):
+    """The examples of ``c.source``; the embedded set is rendered at ``sample_rate`` (default
+    ``c.audio.sample_rate``)."""
+    from data_pipeline import sources
+    from tta_jax.data import embedded
 
     if c.source == "embedded":
         e = c.embedded
         ecfg = embedded.EmbeddedConfig(num_clips=e.num_clips, seed=e.seed, duration=e.duration,
-                                       sample_rate=c.audio.sample_rate,
+                                       sample_rate=int(sample_rate or c.audio.sample_rate),
                                        two_event_prob=e.two_event_prob)
         raw = os.path.join(out_dir, "embedded_audio")
         if not os.path.exists(os.path.join(raw, "metadata.csv")):
@@ -29,93 +45,75 @@ def build_examples(c, out_dir: str, progress: bool = True):
     return list(sources.build_source(c.source, **{k: args[k] for k in allowed[c.source] if k in args}))
 
 
-def build_codec(c):
-    """-> (encode_audio callable [B, T] -> [B, ...], codec_id)."""
-    import jax
+# ------------------------------------------------------------------------------------------------ sections
+def _defaults() -> Any:
+    from data_pipeline.precompute_config import get_config
 
-    if c.codec.name == "toy":
-        from data_pipeline.toy import FrameCodec
-
-        codec = FrameCodec(sample_rate=c.audio.sample_rate, hop=c.codec.hop, bands=c.codec.bands)
-        return jax.jit(codec.encode), codec.codec_id
-    if c.codec.name == "mel":
-        from tta_jax.codecs.mel_codec import load_pretrained_mel_codec
-
-        codec = load_pretrained_mel_codec(c.codec.model, mean=c.codec.mean, std=c.codec.std)
-        if codec.sample_rate != c.audio.sample_rate:
-            raise ValueError(f"mel codec '{c.codec.model}' runs at {codec.sample_rate} Hz but "
-                             f"config.audio.sample_rate={c.audio.sample_rate}; set them equal")
-        params = codec.params
-        codec_id = (f"mel(model={c.codec.model},mean={c.codec.mean},std={c.codec.std},"
-                    f"{codec.mel})")
-        return (lambda audio: codec.encode(params, audio)), codec_id  # jitted inside MelCodec
-    raise ValueError(f"config.codec.name={c.codec.name!r}; expected toy or mel")
+    return get_config()
 
 
-def build_text(c):
-    """-> (encode_text callable list[str] -> {name: [B, ...]} or None, text_id)."""
-    if c.text.name == "none":
-        return None, "none"
-    if c.text.name == "bytes":
-        import functools
+def section_of(c, key: str) -> dict:
+    """``c.codec`` / ``c.text`` for the registry. The default precompute config carries the settings of
+    several entries (toy's ``hop``, mel's ``model``, ...); keys the chosen entry does not take are dropped
+    while they still hold the default config's value, so only a key the user set for the wrong entry is
+    refused (by the registry, naming it)."""
+    from tta_jax.codecs.registry import CODECS
+    from tta_jax.text.registry import TEXT_ENCODERS
 
-        from data_pipeline.toy import byte_tokens
-
-        return functools.partial(byte_tokens, max_len=c.text.max_len), f"bytes(max_len={c.text.max_len})"
-    if c.text.name == "minilm":  # frozen all-MiniLM-L6-v2 states: text [B, L, 384], text_mask [B, L]
-        import numpy as np
-
-        from tta_jax.text.bert import BertTextEncoder
-
-        enc = BertTextEncoder.minilm(max_length=c.text.max_len)
-
-        def encode_text(captions):
-            states, mask = enc(list(captions))
-            return {"text": np.asarray(states, np.float32), "text_mask": np.asarray(mask)}
-
-        return encode_text, f"minilm(all-MiniLM-L6-v2,max_len={c.text.max_len})"
-    if c.text.name == "minilm_tokens":  # token ids only (encoder runs in the train step)
-        import numpy as np
-
-        from tta_jax.text.bert import minilm_dir
-        from tta_jax.text.tokenizer import TextTokenizer
-
-        tok = TextTokenizer(minilm_dir(), max_length=c.text.max_len)
-
-        def encode_tokens(captions):
-            t = tok(list(captions))
-            return {"input_ids": np.asarray(t["input_ids"], np.int32),
-                    "attention_mask": np.asarray(t["attention_mask"], np.int32)}
-
-        return encode_tokens, f"minilm-tokens(max_len={c.text.max_len})"
-    raise ValueError(f"config.text.name={c.text.name!r}; expected none, bytes, minilm or minilm_tokens")
+    d = sections.as_dict(c[key])
+    table = CODECS if key == "codec" else TEXT_ENCODERS
+    entry = table.get(d.get("name"))
+    if entry is None:  # the registry names the bad name
+        return d
+    default = sections.as_dict(_defaults()[key])
+    return {k: v for k, v in d.items()
+            if k == "name" or k in entry.settings or k not in default or v != default[k]}
 
 
-def codec_info(c) -> dict:
-    """The codec as structured manifest fields (``manifest["codec"]``): its name and the settings it used."""
-    name = c.codec.name
-    if name == "toy":
-        return {"name": "toy", "sample_rate": int(c.audio.sample_rate), "hop": int(c.codec.hop),
-                "bands": int(c.codec.bands)}
-    if name == "mel":
-        return {"name": "mel", "sample_rate": int(c.audio.sample_rate), "model": str(c.codec.model),
-                "mean": float(c.codec.mean), "std": float(c.codec.std)}
-    return {"name": str(name)}
-
-
-def text_info(c) -> dict:
-    """The text encoder as structured manifest fields (``manifest["text"]``): its name and settings."""
-    name = c.text.name
-    if name == "none":
-        return {"name": "none"}
-    out = {"name": str(name), "max_len": int(c.text.max_len)}
-    if name in ("minilm", "minilm_tokens"):
-        out["model"] = "all-MiniLM-L6-v2"
+def system_sections(c, system) -> dict[str, dict]:
+    """The ``codec`` and ``text`` sections of ``system`` (an experiment config, e.g. ``configs/ezaudio.py:xl``),
+    which replace ``c``'s; ``c``'s own codec / text settings must be untouched (set them on the system config
+    instead: ``--system.codec.KEY=VALUE``)."""
+    default = _defaults()
+    out = {}
+    for key in ("codec", "text"):
+        if key not in system or not sections.as_dict(system[key]).get("name"):
+            raise ConfigError(f"the system config has no {key} section with a name (system.{key}.name); "
+                              f"it cannot say what to precompute")
+        mine, base = sections.as_dict(c[key]), sections.as_dict(default[key])
+        changed = [k for k in sorted(mine) if k not in base or sections.mismatches(mine[k], base[k], k)]
+        if changed:
+            raise ConfigError(f"config.{key}.{changed[0]} is set, but --system replaces the whole {key} section; "
+                              f"set --system.{key}.{changed[0]} instead")
+        out[key] = sections.as_dict(system[key])
     return out
 
 
-def precompute_config(c, codec_id: str, text_id: str):
-    """ConfigDict -> data_pipeline.precompute.PrecomputeConfig."""
+def build_encoders(c, system=None):
+    """-> (:class:`tta_jax.codecs.registry.Codec`, :class:`tta_jax.text.registry.TextEncoder` or None), from
+    ``c``'s sections or, when given, from ``system``'s (errors then name ``system.codec.KEY``)."""
+    from tta_jax.codecs.registry import build_codec
+    from tta_jax.text.registry import build_text_encoder
+
+    if system is None:
+        return (build_codec(section_of(c, "codec"), "config.codec"),
+                build_text_encoder(section_of(c, "text"), "config.text"))
+    s = system_sections(c, system)
+    return build_codec(s["codec"], "system.codec"), build_text_encoder(s["text"], "system.text")
+
+
+def sample_rate_of(c, codec) -> int:
+    """The audio rate: the codec's. ``config.audio.sample_rate`` 0 follows it; another value must equal it."""
+    want = int(c.audio.sample_rate or 0)
+    if want and want != codec.sample_rate:
+        raise ConfigError(f"config.audio.sample_rate={want} but the codec ({codec.name!r}) runs "
+                          f"at {codec.sample_rate} Hz; set config.audio.sample_rate=0 (follow the codec) or "
+                          f"{codec.sample_rate}")
+    return int(codec.sample_rate)
+
+
+def precompute_config(c, codec, text):
+    """ConfigDict + the registries' codec and text encoder -> data_pipeline.precompute.PrecomputeConfig."""
     from data_pipeline.precompute import PrecomputeConfig
     from data_pipeline.sources import AudioConfig
 
@@ -124,8 +122,22 @@ def precompute_config(c, codec_id: str, text_id: str):
     if c.source == "embedded":  # whole clips, levels kept (dynamics are labels)
         crop, norm = min(crop, c.embedded.duration), None
     return PrecomputeConfig(
-        audio=AudioConfig(sample_rate=a.sample_rate, max_seconds=a.max_seconds, crop_seconds=crop,
+        audio=AudioConfig(sample_rate=sample_rate_of(c, codec), max_seconds=a.max_seconds, crop_seconds=crop,
                           crop=a.crop, normalize=norm, seed=a.seed),
-        shard_size=c.shard_size, batch_size=c.batch_size, codec_id=codec_id, text_id=text_id,
-        latent_dtype=c.latent_dtype, throttle_s=c.throttle_s,
-        decode_threads=c.decode_threads, codec=codec_info(c), text=text_info(c))
+        shard_size=c.shard_size, batch_size=c.batch_size, codec_id=codec.ident,
+        text_id=text.ident if text is not None else "none", latent_dtype=c.latent_dtype,
+        throttle_s=c.throttle_s, decode_threads=c.decode_threads, codec=dict(codec.info),
+        text=dict(text.info) if text is not None else {"name": "none"})
+
+
+def run(c, out_dir: str, *, system=None, process_index: int = 0, process_count: int = 1, progress: bool = True):
+    """Precompute ``c`` into ``out_dir``: codec and text encoder from the registries (``system``'s sections
+    when given), the examples of ``c.source`` at the codec's rate -> shards + manifest.json. -> the manifest,
+    or None while other processes still work."""
+    from data_pipeline.precompute import run_precompute
+
+    codec, text = build_encoders(c, system)
+    cfg = precompute_config(c, codec, text)
+    examples = build_examples(c, out_dir, progress=progress, sample_rate=cfg.audio.sample_rate)
+    return run_precompute(examples, out_dir, codec.encode, text.encode if text is not None else None, cfg,
+                          process_index=process_index, process_count=process_count, progress=progress)

@@ -19,10 +19,11 @@ sidecar), so a killed run never leaves a half shard under a name a reader or a r
 (the loader only opens the shards that manifest.json lists).
 
 Encoders are plain callables so tests can use toy ones:
-  encode_audio(audio float32 [B, T]) -> latent [B, ...]      (e.g. jax.jit of codec.encode)
+  encode_audio(audio float32 [B, T]) -> latent [B, T', C] or [B, H, T', C]   (e.g. jax.jit of
+                                        codec.encode; time is axis -2, see tta_jax.data.records)
   encode_text(list of B captions) -> {name: array [B, ...]}  (embeddings, or token ids) or None
 Record fields: key, caption, split, labels (dict), latent, num_samples (valid audio samples),
-latent_frames (valid frames along axis 0 of latent), and `txt:<name>` for each text feature.
+latent_frames (valid frames along the time axis -2 of latent), and `txt:<name>` for each text feature.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from data_pipeline import records
+from tta_jax.data import records
 from data_pipeline.sources import AudioConfig, BadExample, Example, check_caption, prepare_audio
 
 log = logging.getLogger("data_pipeline.precompute")
@@ -154,13 +155,14 @@ def _encode_shard(exs: list[Example], cfg: PrecomputeConfig, encode_audio: Encod
             if not np.all(np.isfinite(z)):
                 _skip(skipped, ex, "codec produced non-finite latents")
                 continue
-            frames = int(np.ceil(valid / len(audio) * z.shape[0])) if z.ndim else 0
+            t = records.latent_time_len(z.shape, f"codec output for example {ex.key!r}")
+            frames = int(np.ceil(valid / len(audio) * t))
             rec = {"key": ex.key, "caption": cap, "split": ex.split, "labels": dict(ex.labels),
                    "latent": z, "num_samples": int(valid), "latent_frames": frames}
             for k, v in txt.items():
                 rec[f"txt:{k}"] = v[i]
             out.append(records.encode_record(rec))
-            zf = z.astype(np.float64).reshape(-1, z.shape[-1]) if z.ndim else z.reshape(1, 1)
+            zf = z.astype(np.float64).reshape(-1, z.shape[-1])  # per-channel stats over (H,) T
             stats["count"] += zf.shape[0]
             stats["sum"] = zf.sum(0) if stats["sum"] is None else stats["sum"] + zf.sum(0)
             sq = (zf**2).sum(0)

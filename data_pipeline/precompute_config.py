@@ -5,8 +5,14 @@ Tiny CPU run (embedded demo set, toy codec, byte tokens; ~1 min on 2 cores):
       --config.embedded.num_clips=200
 Real data: --config.source=folder --config.source_args.root=/data/mydir (metadata.csv inside), or
 source=audiocaps|clotho (csv_path, audio_dir), wavcaps (json_path, audio_dir), tfds (name,
-manual_dir). Codec: toy | mel (tta_jax.codecs.mel_codec); text: bytes | none | minilm (frozen
-MiniLM states) | minilm_tokens (token ids only).
+manual_dir).
+
+Codec and text encoder: any entry of the registries (tta_jax/codecs/registry.py: toy, mel, oobleck,
+kl_mel_image, audioldm_mel_vae; tta_jax/text/registry.py: none, bytes, bytes_embed, minilm, minilm_tokens,
+t5, clip, clap, multi). The sections below hold the settings of toy + mel and of the byte / MiniLM
+encoders (--config.codec.name=mel --config.text.name=minilm --config.text.max_len=32); a system's own
+sections come with --system configs/<system>.py[:variant] (e.g. Oobleck + FLAN-T5 for configs/ezaudio.py),
+overridden as --system.codec.weights=/ckpt/1m.pt. audio.sample_rate 0 follows the codec's rate.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -21,10 +27,10 @@ def get_config():
     c.embedded = ml_collections.ConfigDict(dict(num_clips=3000, seed=0, duration=4.0, workers=1,
                                                 two_event_prob=0.25))
     c.audio = ml_collections.ConfigDict(dict(
-        sample_rate=22050, max_seconds=30.0, crop_seconds=10.0, crop="random",
+        sample_rate=0, max_seconds=30.0, crop_seconds=10.0, crop="random",
         normalize=config_dict.placeholder(float), seed=0))
     c.audio.normalize = 0.95
-    c.codec = ml_collections.ConfigDict(dict(name="toy", hop=256, bands=7,  # toy codec
+    c.codec = ml_collections.ConfigDict(dict(name="toy", sample_rate=22050, hop=256, bands=7,  # toy codec
                                               model="universal", mean=-5.0, std=2.5))  # mel
     c.text = ml_collections.ConfigDict(dict(name="bytes", max_len=64))
     c.shard_size = 256

