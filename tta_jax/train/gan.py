@@ -1,7 +1,8 @@
 r"""GAN training of the waveform VAE (EzAudio / stable-audio-tools recipe).
 
 Run:  python -m tta_jax.train.gan --config configs/ezaudio_vae.py --workdir /tmp/vae [--config.k=v ...]
-      (tiny CPU smoke run: --config configs/ezaudio_vae_tiny.py; see each config's docstring.)
+      (tiny CPU smoke run: --config configs/ezaudio_vae.py:tiny; see each config's docstring.)
+      ``python -m launch.train`` with the same arguments trains it the same way (config.builder).
 
 Recipe (docs/reference-architectures.md section 1, "Waveform VAE"):
 
@@ -14,26 +15,33 @@ Recipe (docs/reference-architectures.md section 1, "Waveform VAE"):
   ``lr * (1 - warmup ** (step + 1)) * (1 + step / inv_gamma) ** -power`` (:func:`inverse_lr`);
 - short random segments (0.5 s) of the training audio (:class:`SegmentIterator`).
 
-:func:`make_gan_train_step` returns ONE pure function ``step(state, audio) -> (state, metrics)`` that
-updates both networks (generator gradients use the discriminator before its update; the discriminator
-sees the detached reconstruction); jit it once. The :class:`GANState` holds both param sets and both
-optimizer states; its generator params are called ``params`` so
+:func:`make_gan_train_step` returns ONE pure update ``step(state, audio, rng) -> (state, metrics)`` (a
+:data:`tta_jax.train.step.TrainStep`) that updates both networks (generator gradients use the discriminator
+before its update; the discriminator sees the detached reconstruction). The :class:`GANState` holds both
+param sets and both optimizer states; its generator params are called ``params`` so
 ``tta_jax.train.checkpoint.load_params(workdir, ema=False)`` returns the VAE params of a run.
+
+Training runs through the general loop (:func:`tta_jax.train.loop.train`): :func:`build_vae_training`
+(``config.builder``) returns a Task with this state and step, so the VAE gets the loop's mesh (data
+parallel; the batch is split over ``config.mesh``), Orbax resume of both networks, both optimizers and the
+data position, SIGTERM handling, the non-finite guard (a NaN/inf loss or gradient skips both updates; abort
+after ``train.max_consecutive_nonfinite``) and its logging (metrics.jsonl, TensorBoard, progress bar).
 
 Config (``configs/ezaudio_vae*.py``, on :func:`tta_jax.config.base_config`): ``codec`` = OobleckConfig
 fields or ``codec.preset``; ``optimizer.{lr,b1,b2,weight_decay,clip_norm}`` = generator;
 ``extra`` = discriminator and loss settings (see :func:`gan_settings`), ``extra.audio_source``
 ("toy" synthetic tones or "wav_glob" with ``extra.wav_glob``), ``extra.segment_seconds``,
-``extra.eval_every``; ``train.{total_steps,batch_size,log_every,ckpt_every,keep_ckpts}``.
-Outputs: ``workdir/checkpoints`` (resumable), ``workdir/metrics.jsonl`` (train losses every
-``log_every``, ``eval/{mrstft,si_sdr,log_mel_l1}`` on a fixed held-out batch every ``eval_every``).
+``extra.eval_every``; the loop's ``train.*`` and ``mesh.*`` (``train.ema_decay`` must be 0: no EMA).
+Outputs: ``workdir/checkpoints`` (resumable), ``workdir/metrics.jsonl`` (train losses averaged over every
+``log_every`` steps, ``eval/{mrstft,si_sdr,log_mel_l1}`` on a fixed held-out batch every ``eval_every`` and at
+the last step), ``workdir/tb`` (TensorBoard).
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
 import logging
-import os
+import sys
 from typing import Any, Sequence
 
 import flax
@@ -45,20 +53,21 @@ import optax
 from tta_jax.codecs import vae_losses as VL
 from tta_jax.codecs.oobleck import OobleckConfig, OobleckVAE, get_config as oobleck_preset, kl_loss
 from tta_jax.train.optim import decay_mask
-from tta_jax.train.step import all_finite, select_tree
-
-log = logging.getLogger(__name__)
+from tta_jax.train.step import TrainStep, select_tree
 
 
 @flax.struct.dataclass
 class GANState:
-    step: jax.Array          # int32 scalar
+    """The VAE GAN's train state: both networks and both optimizer states, with the fields every train state
+    of ``tta_jax.train.loop`` has (step, params, rng, non-finite counters)."""
+    step: jax.Array          # int32 scalar: train iterations done (skipped ones included)
     params: Any              # generator (VAE) params
     disc_params: Any
     opt_state: Any           # generator optimizer state
     disc_opt_state: Any
     rng: jax.Array           # uint32[2]
-    nonfinite_total: jax.Array
+    nonfinite_total: jax.Array   # int32: iterations skipped as non-finite
+    nonfinite_streak: jax.Array  # int32: consecutive skipped iterations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +149,8 @@ def init_gan_state(vae: OobleckVAE, disc: VL.MultiScaleSTFTDiscriminator, gen_tx
     gp = vae.init(kg, x)["params"]
     dp = disc.init(kd, x)["params"]
     return GANState(step=jnp.zeros((), jnp.int32), params=gp, disc_params=dp, opt_state=gen_tx.init(gp),
-                    disc_opt_state=disc_tx.init(dp), rng=kb, nonfinite_total=jnp.zeros((), jnp.int32))
+                    disc_opt_state=disc_tx.init(dp), rng=kb, nonfinite_total=jnp.zeros((), jnp.int32),
+                    nonfinite_streak=jnp.zeros((), jnp.int32))
 
 
 def _as_channels(audio, c):
@@ -149,16 +159,20 @@ def _as_channels(audio, c):
 
 
 def make_gan_train_step(vae: OobleckVAE, disc: VL.MultiScaleSTFTDiscriminator, gen_tx, disc_tx,
-                        loss_cfg: GANLossConfig = GANLossConfig()):
-    """-> ``step(state: GANState, audio [B, T] or [B, T, C]) -> (state, metrics)``; pure, jit it.
+                        loss_cfg: GANLossConfig = GANLossConfig(), lr_schedule=None) -> TrainStep:
+    """-> ``step(state: GANState, audio [B, T] or [B, T, C], rng) -> (state, metrics)``, pure.
 
-    Both networks are updated in the same call. A non-finite loss/gradient skips both updates.
+    Both networks are updated in the same call; the discriminator (and the generator's adversarial and
+    feature-matching terms) from step ``loss_cfg.adv_start_step`` on. Run it through
+    :func:`tta_jax.train.step.make_guarded_step` (the loop does): it supplies ``rng`` (the VAE's latent
+    sample), advances the step counters and skips both updates when a loss or gradient is not finite
+    (every metric is checked, the gradient norms included). ``lr_schedule`` (the generator's): adds
+    the ``lr`` of each update to the metrics.
     """
     lc = loss_cfg
 
-    def step(state: GANState, audio):
+    def step(state: GANState, audio, rng):
         audio = _as_channels(audio, vae.config.audio_channels)
-        rng = jax.random.fold_in(state.rng, state.step)
         adv_on = (state.step >= lc.adv_start_step).astype(jnp.float32)
 
         def gen_loss(gp):
@@ -185,21 +199,17 @@ def make_gan_train_step(vae: OobleckVAE, disc: VL.MultiScaleSTFTDiscriminator, g
             return VL.discriminator_loss(rl, fl, lc.adv_kind)
 
         d_total, d_grads = jax.value_and_grad(disc_loss)(state.disc_params)
-        finite = all_finite((g_total, g_grads, d_total, d_grads))
 
         g_up, g_opt = gen_tx.update(g_grads, state.opt_state, state.params)
         g_new = optax.apply_updates(state.params, g_up)
         d_up, d_opt = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
         d_new = optax.apply_updates(state.disc_params, d_up)
-        d_ok = finite & (adv_on > 0)
-
-        g_params, g_opt = select_tree(finite, (g_new, g_opt), (state.params, state.opt_state))
-        d_params, d_opt = select_tree(d_ok, (d_new, d_opt), (state.disc_params, state.disc_opt_state))
-        new_state = state.replace(
-            step=state.step + 1, params=g_params, opt_state=g_opt, disc_params=d_params, disc_opt_state=d_opt,
-            nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
-        metrics = dict(gm, gen_loss=g_total, disc_loss=d_total, finite=finite.astype(jnp.float32),
+        d_params, d_opt = select_tree(adv_on > 0, (d_new, d_opt), (state.disc_params, state.disc_opt_state))
+        new_state = state.replace(params=g_new, opt_state=g_opt, disc_params=d_params, disc_opt_state=d_opt)
+        metrics = dict(gm, gen_loss=g_total, disc_loss=d_total,
                        gen_grad_norm=optax.global_norm(g_grads), disc_grad_norm=optax.global_norm(d_grads))
+        if lr_schedule is not None:  # optax's count: the generator updates applied so far
+            metrics["lr"] = jnp.asarray(lr_schedule(state.step - state.nonfinite_total), jnp.float32)
         return new_state, metrics
 
     return step
@@ -283,8 +293,27 @@ class SegmentIterator:
         self.index = int(s["index"])
 
 
-def build_vae_training(config):
-    """(vae, disc, gen_tx, disc_tx, step_fn, settings, segment length) from a VAE config."""
+@dataclasses.dataclass(frozen=True)
+class VAETraining:
+    """The pieces of a VAE GAN run (:func:`vae_training`): both networks, both optimizers, the generator's
+    lr schedule, :func:`gan_settings`, the training segment length (samples, a multiple of the hop) and
+    the update ``step`` (:func:`make_gan_train_step`)."""
+    vae: OobleckVAE
+    disc: VL.MultiScaleSTFTDiscriminator
+    gen_tx: optax.GradientTransformation
+    disc_tx: optax.GradientTransformation
+    lr_schedule: Any
+    settings: dict
+    segment: int
+    step: TrainStep
+
+    def init_state(self, rng) -> GANState:
+        """Fresh :class:`GANState` (``rng`` split into generator, discriminator and base keys)."""
+        return init_gan_state(self.vae, self.disc, self.gen_tx, self.disc_tx, rng, self.segment)
+
+
+def vae_training(config) -> VAETraining:
+    """The networks, optimizers and update of a VAE config (``configs/ezaudio_vae.py``)."""
     vcfg = vae_config_of(config)
     s = gan_settings(config)
     vae = OobleckVAE(vcfg)
@@ -292,82 +321,66 @@ def build_vae_training(config):
     gen_tx, disc_tx, sched = make_gan_optimizers(config)
     seg = int(round(s["segment_seconds"] * vcfg.sample_rate))
     seg = max(vcfg.hop_length, seg // vcfg.hop_length * vcfg.hop_length)
-    step_fn = make_gan_train_step(vae, disc, gen_tx, disc_tx, s["loss"])
-    return vae, disc, gen_tx, disc_tx, step_fn, s, seg, sched
+    step = make_gan_train_step(vae, disc, gen_tx, disc_tx, s["loss"], lr_schedule=sched)
+    return VAETraining(vae, disc, gen_tx, disc_tx, sched, s, seg, step)
 
 
-def train_vae(config, workdir: str) -> dict:
-    """Trains (resuming from ``workdir/checkpoints``) and returns {"state", "history", "eval"}."""
-    from tta_jax.train.checkpoint import Checkpointer
-    from tta_jax.train.observe import JsonlWriter
+def training_waveforms(settings: dict, sample_rate: int, seed: int) -> list[np.ndarray]:
+    """The run's audio from ``config.extra.audio_source`` ("toy" or "wav_glob"), list of float32 [T]."""
+    if settings["audio_source"] == "toy":
+        return toy_waveforms(settings["num_clips"], settings["clip_seconds"], sample_rate, seed=seed)
+    if settings["audio_source"] == "wav_glob":
+        return wav_waveforms(settings["wav_glob"], sample_rate)
+    raise ValueError(f"config.extra.audio_source={settings['audio_source']!r}: expected 'toy' or 'wav_glob'")
 
-    vae, disc, gen_tx, disc_tx, step_fn, s, seg, sched = build_vae_training(config)
-    sr = vae.config.sample_rate
-    if s["audio_source"] == "toy":
-        waves = toy_waveforms(s["num_clips"], s["clip_seconds"], sr, seed=config.seed)
-    elif s["audio_source"] == "wav_glob":
-        waves = wav_waveforms(s["wav_glob"], sr)
-    else:
-        raise ValueError(f"config.extra.audio_source={s['audio_source']!r}: expected 'toy' or 'wav_glob'")
+
+def build_vae_training(config, mesh=None):  # noqa: ARG001 - the loop shards the batch over the mesh
+    """``config.builder`` entry: the VAE GAN as a :class:`tta_jax.train.loop.Task` with its own state and
+    step (:class:`VAETraining`), random segments of the training audio (each process draws its own,
+    ``train.batch_size / processes`` a batch) and, as ``eval_fn`` every ``extra.eval_every`` steps,
+    :func:`make_eval_fn` on a fixed batch of held-out clips (the first ``min(8, N // 8)``, at least 1)."""
+    from tta_jax.train.loop import Task
+
+    t = vae_training(config)
+    s, sr = t.settings, t.vae.config.sample_rate
+    waves = training_waveforms(s, sr, config.seed)
     n_eval = max(1, min(len(waves) // 8, 8))
     train_waves, eval_waves = (waves[n_eval:], waves[:n_eval]) if len(waves) > 1 else (waves, waves)
-    it = SegmentIterator(train_waves, config.train.batch_size, seg, seed=config.seed)
-    eval_batch = next(SegmentIterator(eval_waves, max(len(eval_waves), 2), seg, seed=config.seed + 999))
-    eval_fn = make_eval_fn(vae, sr, s["loss"].fft_sizes)
+    it = SegmentIterator(train_waves, config.train.batch_size // jax.process_count(), t.segment,
+                         seed=config.seed + 1000 * jax.process_index())
+    eval_batch = next(SegmentIterator(eval_waves, max(len(eval_waves), 2), t.segment, seed=config.seed + 999))
+    eval_fn = make_eval_fn(t.vae, sr, s["loss"].fft_sizes)
 
-    os.makedirs(workdir, exist_ok=True)
-    tc = config.train
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.keep_ckpts or None,
-                        async_save=False)
-    init = lambda k: init_gan_state(vae, disc, gen_tx, disc_tx, k, seg)  # noqa: E731
-    latest = ckpt.latest_step()
-    if latest is not None:
-        abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-        state, data_state, _ = ckpt.restore(abstract, latest)
-        it.set_state(data_state)
-        log.info("resumed VAE training at step %d", latest)
-    else:
-        state = jax.jit(init)(jax.random.PRNGKey(config.seed))
-    jitted = jax.jit(step_fn, donate_argnums=(0,))
-    writer = JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
-    history, evals = [], []
-    step = int(state.step)
-    acc: dict[str, list] = {}
-    try:
-        while step < tc.total_steps:
-            state, m = jitted(state, next(it))
-            step += 1
-            for k, v in m.items():
-                acc.setdefault(k, []).append(v)
-            if step % tc.log_every == 0 or step == tc.total_steps:
-                vals = {k: float(np.mean(jax.device_get(v))) for k, v in acc.items()}
-                vals["lr"] = float(sched(step - 1))
-                acc = {}
-                history.append(dict(vals, step=step))
-                writer.write(step, vals)
-                log.info("vae step %d: %s", step, {k: round(v, 4) for k, v in vals.items()})
-            if step % s["eval_every"] == 0 or step == tc.total_steps:
-                ev = {f"eval/{k}": float(v) for k, v in eval_fn(state.params, eval_batch).items()}
-                evals.append(dict(ev, step=step))
-                writer.write(step, ev)
-                log.info("vae eval %d: %s", step, ev)
-            if step % tc.ckpt_every == 0 and step != tc.total_steps:
-                ckpt.save(step, state, it.get_state(), force=True)
-        ckpt.save(step, state, it.get_state(), force=True)
-        ckpt.wait()
-    finally:
-        ckpt.close()
-        writer.close()
-    return {"state": state, "history": history, "eval": evals}
+    def evaluate(params, step):  # noqa: ARG001
+        return {f"eval/{k}": v for k, v in eval_fn(params, eval_batch).items()}
+
+    return Task(train_iter=it, init_state=t.init_state, step_fn=t.step, eval_fn=evaluate,
+                eval_every=s["eval_every"])
+
+
+def train_vae(config, workdir: str, *, guard=None) -> dict:
+    """Trains through :func:`tta_jax.train.loop.train` (resuming from ``workdir/checkpoints``) and returns
+    {"state", "history" (this run's logged train metrics), "eval" (this run's evaluations), "result"}."""
+    from tta_jax.train import loop
+
+    mesh = loop.make_mesh_from_config(config.mesh)
+    res = loop.train(config, workdir, build_vae_training(config, mesh), mesh=mesh, guard=guard)
+    return {"state": res.state, "history": res.history, "eval": res.evals, "result": res}
 
 
 def main(argv):
     del argv
     from absl import flags
 
+    from tta_jax.train.loop import NonFiniteError
+
     logging.basicConfig(level=logging.INFO)
     cfg = flags.FLAGS["config"].value
-    out = train_vae(cfg, flags.FLAGS["workdir"].value)
+    try:
+        out = train_vae(cfg, flags.FLAGS["workdir"].value)
+    except NonFiniteError as e:  # the last good checkpoint is kept; same exit status as launch.train
+        logging.error("%s", e)
+        sys.exit(3)
     if out["eval"]:
         print({k: round(v, 4) for k, v in out["eval"][-1].items()})
 

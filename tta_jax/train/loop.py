@@ -6,7 +6,26 @@ Generic over the task. A task (built by ``config.builder``) provides::
          loss_fn(params, batch, rng) -> (loss, metrics),
          train_iter: iterator of host-local numpy batches with get_state()/set_state(),
          sample_fn(params, step, out_dir) -> dict | None   (optional; EMA params when EMA is on),
-         decay_mask_fn(params) -> bool tree                (optional; default optim.decay_mask))
+         decay_mask_fn(params) -> bool tree                (optional; default optim.decay_mask),
+         save_assets(workdir)                              (optional; statistics sampling needs, e.g. the
+                                                            token PCA, written once by process 0),
+         eval_fn(params, step) -> {name: scalar} | None    (optional; every ``Task.eval_every`` steps (0:
+                                                            none) and at the last step, logged like the
+                                                            train metrics; EMA params when EMA is on))
+
+and trains with the default step (``step.make_train_step``: one optimizer from ``config.optimizer``, EMA,
+clipping, micro-batches). A task with its own update -- several networks, several optimizers, several
+losses (the VAE GAN of ``tta_jax.train.gan``) -- gives instead of ``init_fn``/``loss_fn``::
+
+    init_state(rng) -> its train state   (a flax.struct dataclass with step, params, rng, nonfinite_total,
+                                          nonfinite_streak and its own fields; leaves boxed with logical
+                                          names are sharded by ``config.sharding_rules``)
+    step_fn(state, batch, rng) -> (state, metrics)   (``step.TrainStep``; wrapped by
+                                          ``step.make_guarded_step``: RNG, step counter, non-finite skip)
+
+Both kinds get the same mesh, sharded jit, Orbax resume, SIGTERM handling, non-finite abort and logging.
+``train.microbatches``, ``train.compute_dtype`` and (for a state without ``ema_params``) ``train.ema_decay``
+belong to the default step: a task with its own step refuses them by name rather than ignore them.
 
 ``train(config, workdir)`` resumes automatically from ``<workdir>/checkpoints`` (state + data iterator
 + RNG), saves every ``train.ckpt_every`` steps (async, keep ``train.keep_ckpts``), on SIGTERM and at the
@@ -14,8 +33,9 @@ end, skips non-finite updates and aborts (``NonFiniteError``) after ``train.max_
 in a row without saving -- the last good checkpoint stays the latest. Outputs in ``workdir``:
 ``checkpoints/``, ``metrics.jsonl``, ``tb/`` (TensorBoard), ``param_overview.txt``, ``samples/step_N/``.
 
-Notes: ``sample_fn`` runs on every process (params may be sharded across hosts); only process 0 has
-the TensorBoard writer. After a kill, steps between the last checkpoint and the kill are logged again
+Notes: ``sample_fn`` and ``eval_fn`` run on every process (params may be sharded across hosts); only
+process 0 has the TensorBoard writer. Without a progress bar each logged interval also goes to the
+``logging`` INFO log. After a kill, steps between the last checkpoint and the kill are logged again
 in ``metrics.jsonl`` (keep the last record per step). Steps that are skipped as non-finite still
 advance ``state.step`` (the batch was consumed) but not the optimizer.
 
@@ -44,14 +64,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from tta_jax.errors import ConfigError
 from tta_jax.nn import sharding as shd
 from tta_jax.train import observe
 from tta_jax.train.checkpoint import Checkpointer
 from tta_jax.train.config import check_batch_vs_mesh, validate_trainer_config
 from tta_jax.train.optim import make_optimizer
 from tta_jax.train.preemption import PreemptionGuard
-from tta_jax.train.state import (TrainState, init_state_sharded, state_shardings, with_shardings)
-from tta_jax.train.step import make_train_step
+from tta_jax.train.state import (init_state_sharded, state_shardings, task_state_shardings,
+                                 with_shardings)
+from tta_jax.train.step import TrainStep, make_guarded_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +84,97 @@ class NonFiniteError(RuntimeError):
 
 @dataclasses.dataclass
 class Task:
-    init_fn: Callable[[jax.Array], Any]
-    loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]]
-    train_iter: Any
+    """What the loop trains (module docstring): ``init_fn`` + ``loss_fn`` for the default step, or
+    ``init_state`` + ``step_fn`` for the task's own; ``train_iter`` always."""
+    init_fn: Callable[[jax.Array], Any] | None = None
+    loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]] | None = None
+    train_iter: Any = None
     sample_fn: Callable[[Any, int, str], dict | None] | None = None
     decay_mask_fn: Callable[[Any], Any] | None = None
+    save_assets: Callable[[str], Any] | None = None   # (workdir) -> writes what sampling needs besides params
+    init_state: Callable[[jax.Array], Any] | None = None   # rng -> the task's own train state
+    step_fn: TrainStep | None = None                      # (state, batch, rng) -> (state, metrics)
+    eval_fn: Callable[[Any, int], dict | None] | None = None   # (params, step) -> {name: scalar}
+    eval_every: int = 0                                   # 0: eval_fn at the last step only
+
+
+# Fields the loop reads from any train state (TrainState has them; a task's own state must too).
+STATE_FIELDS = ("step", "params", "rng", "nonfinite_total", "nonfinite_streak")
 
 
 @dataclasses.dataclass
 class TrainResult:
-    state: TrainState
+    state: Any             # TrainState, or the task's own state
     step: int
     reason: str            # "done" | "preempted"
     start_step: int        # step the run started (or resumed) from
     flops_per_step: float | None
+    history: list = dataclasses.field(default_factory=list)  # this run's logged intervals ({"step", ...})
+    evals: list = dataclasses.field(default_factory=list)    # this run's eval_fn results ({"step", ...})
+
+
+@dataclasses.dataclass
+class _Program:
+    """How one task's state is built and updated: abstract state + shardings (the restore target),
+    ``init(key) -> state`` (placed in the shardings) and the pure ``step(state, batch)``."""
+    abstract: Any
+    shardings: Any
+    init: Callable[[jax.Array], Any]
+    step: Callable[[Any, Any], tuple[Any, dict]]
+
+
+def check_task(task: Task) -> None:
+    """Raise ValueError naming the field when ``task`` is neither kind of task (module docstring)."""
+    if task.train_iter is None:
+        raise ValueError("Task.train_iter is missing: an iterator of host-local batches with "
+                         "get_state()/set_state()")
+    own = task.step_fn is not None or task.init_state is not None
+    if own and (task.step_fn is None or task.init_state is None):
+        raise ValueError("Task.step_fn and Task.init_state go together (the task's own update and the "
+                         "state it updates); one is missing")
+    if own and (task.init_fn is not None or task.loss_fn is not None):
+        raise ValueError("Task: give init_fn + loss_fn (the default step) or init_state + step_fn (the task's "
+                         "own step), not both")
+    if not own and (task.init_fn is None or task.loss_fn is None):
+        raise ValueError(f"Task.{'init_fn' if task.init_fn is None else 'loss_fn'} is missing (or give "
+                         "init_state + step_fn)")
+    if int(task.eval_every) < 0:
+        raise ValueError(f"Task.eval_every={task.eval_every}: expected >= 0 (0: at the last step only)")
+
+
+def _default_program(config, task: Task, mesh, rules) -> _Program:
+    """The default step: one optimizer (``config.optimizer``), EMA, clipping, micro-batches, bf16."""
+    tc = config.train
+    use_ema = tc.ema_decay > 0
+    tx, sched = make_optimizer(config.optimizer, tc.total_steps, mask_fn=task.decay_mask_fn)
+    abstract, shardings = state_shardings(task.init_fn, tx, mesh, rules, use_ema=use_ema)
+    step = make_train_step(task.loss_fn, tx, lr_schedule=sched,
+                           ema_decay=tc.ema_decay if use_ema else None,
+                           ema_warmup=tc.ema_warmup, microbatches=tc.microbatches,
+                           compute_dtype=_compute_dtype(tc.compute_dtype))
+    return _Program(abstract, shardings,
+                    lambda key: init_state_sharded(task.init_fn, tx, key, shardings, use_ema=use_ema), step)
+
+
+def _task_program(config, task: Task, mesh, rules) -> _Program:
+    """The task's own state and step; trainer settings only the default step implements are refused."""
+    tc = config.train
+    if tc.microbatches > 1:
+        raise ConfigError(f"config.train.microbatches={tc.microbatches}: this task brings its own train step "
+                          "(Task.step_fn), which does not split batches; set 1")
+    if _compute_dtype(tc.compute_dtype) is not None:
+        raise ConfigError(f"config.train.compute_dtype={tc.compute_dtype!r}: this task brings its own train step "
+                          "(Task.step_fn), which sets its own precision; set ''")
+    abstract, shardings = task_state_shardings(task.init_state, mesh, rules)
+    missing = [f for f in STATE_FIELDS if not hasattr(abstract, f)]
+    if missing or not hasattr(abstract, "replace"):
+        raise TypeError(f"Task.init_state must return a flax.struct dataclass with the fields {STATE_FIELDS}; "
+                        f"got {type(abstract).__name__} without {missing or ['replace()']}")
+    if tc.ema_decay > 0 and getattr(abstract, "ema_params", None) is None:
+        raise ConfigError(f"config.train.ema_decay={tc.ema_decay}: this task's own state keeps no EMA "
+                          "(no ema_params); set 0")
+    init = jax.jit(lambda key: nn.unbox(task.init_state(key)), out_shardings=shardings)
+    return _Program(abstract, shardings, init, make_guarded_step(task.step_fn))
 
 
 def make_mesh_from_config(mcfg, devices=None):
@@ -138,24 +237,25 @@ def train(config, workdir: str, task: Task | None = None, *, mesh=None,
     mesh = mesh if mesh is not None else make_mesh_from_config(config.mesh)
     check_batch_vs_mesh(config, mesh)
     task = task if task is not None else build_task(config, mesh)
+    check_task(task)
     os.makedirs(workdir, exist_ok=True)
+    if task.save_assets is not None and _is_primary():  # the workdir samples without the training data
+        task.save_assets(workdir)
     rules = tuple(config.sharding_rules) if config.get("sharding_rules") else shd.DEFAULT_RULES
-    use_ema = tc.ema_decay > 0
 
-    tx, sched = make_optimizer(config.optimizer, tc.total_steps, mask_fn=task.decay_mask_fn)
     with sharding_context(mesh, rules):
-        abstract, shardings = state_shardings(task.init_fn, tx, mesh, rules, use_ema=use_ema)
+        program = (_task_program if task.step_fn is not None else _default_program)(config, task, mesh, rules)
+    shardings = program.shardings
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.keep_ckpts or None,
                         async_save=tc.async_ckpt)
     latest = ckpt.latest_step()
     if latest is not None:
-        state, data_state, _ = ckpt.restore(with_shardings(abstract, shardings), latest)
+        state, data_state, _ = ckpt.restore(with_shardings(program.abstract, shardings), latest)
         task.train_iter.set_state(data_state)
         log.info("resumed from %s at step %d", ckpt.directory, latest)
     else:
         with sharding_context(mesh, rules):
-            state = init_state_sharded(task.init_fn, tx, jax.random.PRNGKey(config.seed), shardings,
-                                       use_ema=use_ema)
+            state = program.init(jax.random.PRNGKey(config.seed))
     start = int(state.step)
 
     overview = observe.param_overview(state.params)
@@ -168,12 +268,8 @@ def train(config, workdir: str, task: Task | None = None, *, mesh=None,
         if tc.tensorboard:
             tb = observe.TensorBoardWriter(os.path.join(workdir, "tb"))
 
-    step_fn = make_train_step(task.loss_fn, tx, lr_schedule=sched,
-                              ema_decay=tc.ema_decay if use_ema else None,
-                              ema_warmup=tc.ema_warmup, microbatches=tc.microbatches,
-                              compute_dtype=_compute_dtype(tc.compute_dtype))
     replicated = NamedSharding(mesh, P())
-    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sharding(mesh)),
+    jitted = jax.jit(program.step, in_shardings=(shardings, batch_sharding(mesh)),
                      out_shardings=(shardings, replicated), donate_argnums=(0,))
 
     guard = guard or PreemptionGuard()
@@ -185,6 +281,7 @@ def train(config, workdir: str, task: Task | None = None, *, mesh=None,
     step = start
     K = tc.max_consecutive_nonfinite
     prev = None
+    history, evals = [], []
 
     def check_streak(metrics, at_step) -> int:
         streak = int(metrics["nonfinite_streak"])
@@ -224,17 +321,21 @@ def train(config, workdir: str, task: Task | None = None, *, mesh=None,
                 if step % tc.log_every == 0 or step == tc.total_steps:
                     values = averager.compute()
                     values.update(meter.measure())
-                    if jsonl is not None:
-                        jsonl.write(step, values)
-                    if tb is not None:
-                        tb.scalars(step, values)
+                    history.append(dict(values, step=step))
+                    _write_scalars(step, values, jsonl, tb, pbar)
                     if pbar is not None:
-                        pbar.set_postfix(loss=f"{values.get('loss', float('nan')):.4g}",
-                                         steps_s=f"{values['perf/steps_per_s']:.2f}",
+                        post = {"loss": f"{values['loss']:.4g}"} if "loss" in values else {}
+                        pbar.set_postfix(**post, steps_s=f"{values['perf/steps_per_s']:.2f}",
                                          samples_s=f"{values['perf/samples_per_s']:.1f}",
                                          tflops=f"{values.get('perf/tflops_per_s_per_device', 0):.3g}",
                                          mfu=f"{values.get('perf/mfu', float('nan')):.3f}",
                                          refresh=False)
+                if task.eval_fn is not None and (step == tc.total_steps or (
+                        task.eval_every and step % task.eval_every == 0)):
+                    values = _run_eval(task, state, step)
+                    if values:
+                        evals.append(dict(values, step=step))
+                        _write_scalars(step, values, jsonl, tb, pbar)
                 if pbar is not None:
                     pbar.update(1)
                 if step % tc.ckpt_every == 0 and step != tc.total_steps:
@@ -262,13 +363,35 @@ def train(config, workdir: str, task: Task | None = None, *, mesh=None,
             jsonl.close()
         if tb is not None:
             tb.close()
-    return TrainResult(state=state, step=step, reason=reason, start_step=start, flops_per_step=flops)
+    return TrainResult(state=state, step=step, reason=reason, start_step=start, flops_per_step=flops,
+                       history=history, evals=evals)
 
 
-def _run_sampler(task: Task, state: TrainState, step: int, workdir: str, tb) -> None:
+def _inference_params(state):
+    """The params hooks see: the EMA when the state keeps one, else the trained params."""
+    ema = getattr(state, "ema_params", None)
+    return ema if ema is not None else state.params
+
+
+def _write_scalars(step: int, values: dict, jsonl, tb, pbar) -> None:
+    """One record to metrics.jsonl and TensorBoard (process 0), and the INFO log when no progress bar."""
+    if jsonl is not None:
+        jsonl.write(step, values)
+    if tb is not None:
+        tb.scalars(step, values)
+    if pbar is None:
+        log.info("step %d: %s", step, {k: round(float(v), 5) for k, v in values.items()})
+
+
+def _run_eval(task: Task, state, step: int) -> dict[str, float]:
+    res = task.eval_fn(_inference_params(state), step) or {}
+    return {k: float(v) for k, v in res.items()}
+
+
+def _run_sampler(task: Task, state, step: int, workdir: str, tb) -> None:
     out_dir = os.path.join(workdir, "samples", f"step_{step}")
     os.makedirs(out_dir, exist_ok=True)
-    params = state.ema_params if state.ema_params is not None else state.params
+    params = _inference_params(state)
     res = task.sample_fn(params, step, out_dir) or {}
     if tb is None:
         return

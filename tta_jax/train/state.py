@@ -6,7 +6,9 @@ of step ``s`` is ``fold_in(state.rng, s)``, so resuming at step ``s`` reproduces
 Shardings: parameters take theirs from the boxed logical metadata of ``init_fn`` (via
 ``tta_jax.nn.sharding.logical_to_mesh_sharding``); every optimizer-state / EMA leaf whose tree path ends
 with a parameter's path and has the same shape gets that parameter's sharding (Adam's mu/nu); all other
-leaves (counts, Adafactor's factored rows/cols, scalars) are replicated.
+leaves (counts, Adafactor's factored rows/cols, scalars) are replicated. A task with its own state (several
+networks and optimizers, :func:`task_state_shardings`) gets the same rules from the leaves it boxes with
+logical names.
 """
 from __future__ import annotations
 
@@ -113,6 +115,31 @@ def state_shardings(init_fn: Callable[[jax.Array], Any], tx: optax.GradientTrans
     shardings = jax.tree_util.tree_map_with_path(by_match, abstract)
     shardings = shardings.replace(params=param_sh)
     return abstract, shardings
+
+
+def task_state_shardings(init_state: Callable[[jax.Array], Any], mesh: Mesh,
+                         rules=None) -> tuple[Any, Any]:
+    """(abstract state, sharding tree) for a task's own train state ``init_state(rng)``.
+
+    Any leaf ``init_state`` returns boxed with logical names (``nn.LogicallyPartitioned``, e.g. the params a
+    module initialises with ``tta_jax.nn.sharding.dense_init``) takes its sharding from ``rules``; every
+    other leaf whose path ends with a boxed leaf's path below its state field, with the same shape, shares
+    that sharding (the optimizer moments of those params); the rest is replicated. The abstract state is
+    unboxed: jit ``lambda k: nn.unbox(init_state(k))`` into the shardings.
+    """
+    rules = shd.DEFAULT_RULES if rules is None else rules
+    boxed = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)  # noqa: E731
+    flat = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=is_box)[0]
+    named = jax.tree.leaves(shd.logical_to_mesh_sharding(boxed, mesh, rules))
+    abstract = jax.tree.map(lambda x: x.value if is_box(x) else x, boxed, is_leaf=is_box)
+    table = {_key_tuple(path)[1:]: (leaf.value.shape, sh)
+             for (path, leaf), sh in zip(flat, named) if is_box(leaf)}
+    out = []
+    for (path, leaf), sh in zip(flat, named):
+        hit = None if is_box(leaf) else _suffix_match(_key_tuple(path), leaf.shape, table)
+        out.append(sh if hit is None else hit)
+    return abstract, jax.tree.unflatten(jax.tree.structure(abstract), out)
 
 
 def with_shardings(abstract, shardings):

@@ -7,8 +7,12 @@ Protocol the trainer needs from a task::
 For a diffusion system this is ``lambda p, b, r: diffusion_loss(apply_fn, p, b, r, schedule, cfg)``.
 
 Non-finite guard: when the loss or any gradient is NaN/Inf, params, EMA and optimizer state are kept
-unchanged (``jnp.where`` inside jit), ``nonfinite_total``/``nonfinite_streak`` are incremented, and the
+unchanged (one ``lax.cond`` inside jit), ``nonfinite_total``/``nonfinite_streak`` are incremented, and the
 step counter still advances (the batch was consumed; data position and step stay aligned).
+
+A task with its own update (a GAN with two networks and two optimizers, several losses) gives a
+:data:`TrainStep` instead of a loss; :func:`make_guarded_step` wraps it with the same RNG, step counter and
+non-finite guard, so the loop treats both kinds alike.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import optax
 from tta_jax.train.state import TrainState, cast_floating, ema_decay_at, ema_update
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]]
+# A task's own update: (state, batch, rng) -> (updated state, metrics: dict[str, scalar]); see make_guarded_step.
+TrainStep = Callable[[Any, Any, jax.Array], tuple[Any, dict]]
 
 
 def all_finite(tree) -> jax.Array:
@@ -38,6 +44,15 @@ def select_tree(pred: jax.Array, on_true, on_false):
     ~290k scalar ops for the demo DiT, which alone made its train step take 80 s to compile.
     """
     return jax.lax.cond(pred, lambda a, b: a, lambda a, b: b, on_true, on_false)
+
+
+def advance_counters(state, finite: jax.Array) -> dict:
+    """The step counter and non-finite counters after one step (``state.replace(**...)``):
+    ``step + 1``; ``nonfinite_total + 1`` and ``nonfinite_streak + 1`` when not ``finite``, else the
+    streak resets to 0."""
+    bad = jnp.logical_not(finite).astype(jnp.int32)
+    return dict(step=state.step + 1, nonfinite_total=state.nonfinite_total + bad,
+                nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
 
 
 def _split_microbatches(batch, n: int):
@@ -101,11 +116,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
             applied = tx.has_updated(new_opt) if hasattr(tx, "has_updated") else True
             new_ema = ema_update(ema, params, decay)
             ema = select_tree(finite & applied, new_ema, ema)
-        bad = jnp.logical_not(finite).astype(jnp.int32)
-        new_state = state.replace(
-            step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state,
-            nonfinite_total=state.nonfinite_total + bad,
-            nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+        new_state = state.replace(params=params, ema_params=ema, opt_state=opt_state,
+                                  **advance_counters(state, finite))
         out = dict(metrics)
         out.update(loss=loss, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
                    finite=finite.astype(jnp.float32), nonfinite_total=new_state.nonfinite_total,
@@ -113,5 +125,34 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
         if lr_schedule is not None:
             out["lr"] = jnp.asarray(lr_schedule(state.step - state.nonfinite_total), jnp.float32)
         return new_state, out
+
+    return step
+
+
+def make_guarded_step(step_fn: TrainStep) -> Callable[[Any, Any], tuple[Any, dict]]:
+    """A task's own update ``step_fn(state, batch, rng) -> (state, metrics)`` as the loop's
+    ``step(state, batch) -> (state, metrics)``, pure (jit it with shardings + donation).
+
+    ``state`` is the task's train state: a ``flax.struct`` dataclass with at least ``step``, ``params``,
+    ``rng``, ``nonfinite_total`` and ``nonfinite_streak`` (like :class:`tta_jax.train.state.TrainState`) and
+    any further fields (a second network, one optimizer state per network). ``step_fn`` gets the key
+    ``fold_in(state.rng, state.step)`` (so a resumed run draws the same randomness) and returns the state
+    with its networks and optimizer states updated; it leaves the counters alone. The guard keeps the update
+    only when every scalar metric and every floating leaf of the returned state is finite (a NaN/inf loss or
+    gradient shows in its norm, or in the params it produced); otherwise the whole state stays as it was.
+    Either way ``step`` advances and ``nonfinite_total``/``nonfinite_streak`` count as in
+    :func:`make_train_step`; the metrics gain ``finite``, ``nonfinite_total`` and ``nonfinite_streak``.
+    """
+    def step(state, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        new, metrics = step_fn(state, batch, rng)
+        scalars = [v for v in metrics.values() if jnp.ndim(v) == 0]
+        finite = all_finite((scalars, new))
+        new = select_tree(finite, new, state)
+        new = new.replace(rng=state.rng, **advance_counters(state, finite))
+        out = dict(metrics)
+        out.update(finite=finite.astype(jnp.float32), nonfinite_total=new.nonfinite_total,
+                   nonfinite_streak=new.nonfinite_streak)
+        return new, out
 
     return step

@@ -130,7 +130,8 @@ def build(config, mesh):  # noqa: ARG001 - mesh unused by the toy task
     return Task(init_fn=init_fn, loss_fn=loss_fn, train_iter=it)
 
 
-def sample(config, params, prompts, out_dir, *, seed=0, steps=None, guidance=None, rescale=None):  # noqa: ARG001
+def sample(config, params, prompts, out_dir, *, seed=0, steps=None, guidance=None, rescale=None,  # noqa: ARG001
+           workdir=None):
     """``config.sample_pipeline`` entry for launch/sample.py: a few Euler steps of the toy eps-model from noise
     (prompts only name the files). Returns the written .npy paths."""
     import os
