@@ -9,7 +9,7 @@ Expected: about 2500-3100 of the 3400 steps fit in the 14-minute budget on 2 cor
           FD 169-172 vs 52 real-vs-real: well above chance, not yet a model that follows every prompt. See
           outputs/demo/report.md; the measured runs are in docs/experiments.md.
 """
-from configs.ezaudio_xl import ezaudio_diffusion
+from configs.common import ezaudio_diffusion
 from tta_jax.config import base_config
 
 
@@ -39,7 +39,7 @@ def get_config():
     c.data.patch_frames = 4           # 86 tokens per clip
     c.data.token_pca = 64             # top-64 principal directions of the 320-value tokens (99.1 % variance)
     # EzAudio's masked-diffusion input with full masks only (plain text-to-audio); EzAudio's 25% partial span
-    # masks (configs/ezaudio_xl.py) are compared in docs/experiments.md.
+    # masks (configs/ezaudio.py) are compared in docs/experiments.md.
     c.data.mask_partial_prob = 0.0
 
     c.optimizer.name = "adamw"

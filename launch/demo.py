@@ -86,10 +86,9 @@ class BudgetGuard:
 
 
 def precompute(out_dir: str, num_clips: int, text_len: int) -> str:
-    from data_pipeline import precompute_config
-    from data_pipeline.loader import read_manifest
-    from data_pipeline.precompute import run_precompute
     from data_pipeline import build as P
+    from data_pipeline import precompute_config
+    from tta_jax.data.loader import read_manifest
 
     data_dir = os.path.join(out_dir, "data")
     if os.path.exists(os.path.join(data_dir, "manifest.json")):
@@ -103,10 +102,7 @@ def precompute(out_dir: str, num_clips: int, text_len: int) -> str:
     c.text.name = "minilm"
     c.text.max_len = text_len
     os.makedirs(data_dir, exist_ok=True)
-    examples = P.build_examples(c, data_dir)
-    encode_audio, codec_id = P.build_codec(c)
-    encode_text, text_id = P.build_text(c)
-    run_precompute(examples, data_dir, encode_audio, encode_text, P.precompute_config(c, codec_id, text_id))
+    P.run(c, data_dir)
     m = read_manifest(data_dir)
     log.info("precompute: %d records, %d skipped", m["num_records"], m["num_skipped"])
     return data_dir

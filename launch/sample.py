@@ -5,10 +5,12 @@ Loads the run's config (``DIR/config.json`` written by launch/train.py, or ``--c
 then calls the system's sampling pipeline named by ``config.sample_pipeline`` ("module.path:function")::
 
     function(config, params, prompts: list[str], out_dir: str, *, seed: int, steps: int | None,
-             guidance: float | None, rescale: float | None) -> list[str]   # paths written (wav/png)
+             guidance: float | None, rescale: float | None, workdir: str) -> list[str]   # paths written
 
-The latent text-to-audio systems use ``tta_jax.pipelines.tta:sample_pipeline`` (a WAV and a spectrogram
-PNG per prompt, all prompts in one batched, jitted call).
+The latent text-to-audio systems (any denoiser, codec and text encoder) use
+``tta_jax.pipelines.tta:sample_pipeline``: a WAV and a spectrogram PNG per prompt, all prompts in one batched,
+jitted call. A workdir is self-contained: the run's statistics (token PCA) are read from ``DIR/assets/``, so
+the training data may be gone; params that do not fit the config fail naming the first mismatching parameter.
 """
 from __future__ import annotations
 
@@ -93,7 +95,7 @@ def main(argv):
     logging.info("loaded %s params from step %d", "raw" if _RAW.value else "EMA", step)
     os.makedirs(_OUT.value, exist_ok=True)
     paths = fn(config, params, list(_PROMPT.value), _OUT.value, seed=_SEED.value,
-               steps=_STEPS.value, guidance=_GUIDANCE.value, rescale=_RESCALE.value)
+               steps=_STEPS.value, guidance=_GUIDANCE.value, rescale=_RESCALE.value, workdir=_WORKDIR.value)
     for p in paths or []:
         print(p)
 

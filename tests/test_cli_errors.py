@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "ezaudio_tiny.py")
+TINY = os.path.join(ROOT, "configs", "ezaudio.py") + ":tiny"
 TOY = os.path.join(ROOT, "tta_jax", "train", "toy.py")
 
 
@@ -53,7 +53,7 @@ def test_override_below_a_leaf_and_unknown_section(tmp_path):
 
 def test_misspelt_key_in_a_config_file_reaches_validate_config(tmp_path):
     cfg = tmp_path / "typo.py"
-    cfg.write_text("from configs.ezaudio_tiny import get_config as _base\n\n\n"
+    cfg.write_text("from configs.ezaudio import get_config as _base\n\n\n"
                    "def get_config():\n    c = _base()\n    c.optimizer.lrr = 1.0\n    return c\n")
     res = _run("train", "--config", cfg, "--workdir", tmp_path / "w")
     _one_line_error(res, "unknown config key 'optimizer.lrr' (did you mean 'optimizer.lr'?)")

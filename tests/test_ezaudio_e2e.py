@@ -1,6 +1,6 @@
 """EzAudio end to end at toy size: waveform VAE (GAN) -> precomputed sampled latents -> stage 1 (masked
 pretraining, no text) -> stage 2 (cross-attention added, from stage 1) -> stage 3 (fine-tune) -> editing
-and outpainting with the trained DiT + VAE. A longer run of the same recipe: configs/ezaudio_tiny.py."""
+and outpainting with the trained DiT + VAE. A longer run of the same recipe: configs/ezaudio_stage1.py (tiny)."""
 import json
 import os
 import time
@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs.ezaudio_vae_tiny import MICRO_OVERRIDES
+from data_pipeline import tiny_ezaudio
 from tta_jax.config import load_config
 from tta_jax.pipelines import ezaudio as EZ
 from tta_jax.train import gan, loop
@@ -27,8 +27,8 @@ def _losses(workdir):
 def test_tiny_ezaudio_vae_and_three_stages(tmp_path):
     t0 = time.time()
     # ---- 0. waveform VAE (GAN) ----
-    vcfg = load_config(f"{ROOT}/configs/ezaudio_vae_tiny.py", list(MICRO_OVERRIDES) + [
-        "train.total_steps=30", "train.log_every=10", "extra.eval_every=30", "extra.num_clips=12",
+    vcfg = load_config(f"{ROOT}/configs/ezaudio_vae.py:micro", [
+        "mesh.data=1", "train.total_steps=30", "train.log_every=10", "extra.eval_every=30", "extra.num_clips=12",
         "extra.clip_seconds=0.5"])
     vae_dir = str(tmp_path / "vae")
     res = gan.train_vae(vcfg, vae_dir)
@@ -41,7 +41,7 @@ def test_tiny_ezaudio_vae_and_three_stages(tmp_path):
 
     # ---- data: sampled latents of the trained VAE + toy text states ----
     data = str(tmp_path / "data")
-    m = EZ.prepare_tiny_data(vparams, vae_cfg, data, num_clips=16, seconds=0.5)
+    m = tiny_ezaudio.prepare_tiny_data(vparams, vae_cfg, data, num_clips=16, seconds=0.5)
     assert m["shapes"]["latent"][0] == [125, 8] and m["shapes"]["txt:text"][0] == [16, 32]
     t_vae = time.time() - t0
 
@@ -52,7 +52,7 @@ def test_tiny_ezaudio_vae_and_three_stages(tmp_path):
         over = [f"data.precomputed_dir={data}", f"train.total_steps={steps[k]}"]
         if k > 1:
             over.append(f"extra.init_from={dirs[k - 1]}")
-        cfg = load_config(f"{ROOT}/configs/ezaudio_stage{k}_tiny.py", over)
+        cfg = load_config(f"{ROOT}/configs/ezaudio_stage{k}.py:tiny", over)
         task = EZ.build_stage_task(cfg, None)
         reports[k] = task.expand_report
         dirs[k] = str(tmp_path / f"s{k}")
@@ -72,13 +72,14 @@ def test_tiny_ezaudio_vae_and_three_stages(tmp_path):
 
     # ---- inference with the stage-3 DiT and the trained VAE ----
     p3, _ = load_params(dirs[3], ema=False)
-    from tta_jax.codecs.oobleck import OobleckVAE
+    from tta_jax.codecs.registry import oobleck_codec
     from tta_jax.denoisers.dit import DiT
+    from tta_jax.text.registry import build_text_encoder
     from tta_jax.pipelines.tta import dit_config_from
-    cfg3 = load_config(f"{ROOT}/configs/ezaudio_stage3_tiny.py")
+    cfg3 = load_config(f"{ROOT}/configs/ezaudio_stage3.py:tiny")
     ez = EZ.EzAudio(model=DiT(dit_config_from(cfg3)), params=p3,
-                    codec=EZ.oobleck_codec(OobleckVAE(vae_cfg), vparams),
-                    text_encode=EZ.toy_text_encoder(32, 16), sampler=EZ.default_sampler(8), window_frames=32)
+                    codec=oobleck_codec(vae_cfg, vparams),
+                    text_encode=build_text_encoder({"name": "bytes_embed", "dim": 32, "max_len": 16}).encode, sampler=EZ.default_sampler(8), window_frames=32)
     sr, hop = vae_cfg.sample_rate, vae_cfg.hop_length
     src = gan.toy_waveforms(3, 0.5, sr, seed=7)[1][: 32 * hop]
     ed = ez.edit(src, "bursts of filtered noise", 8 * hop / sr, 20 * hop / sr, jax.random.PRNGKey(0))

@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data_pipeline import masks
+from tta_jax.data import masks
 from tta_jax import diffusion as D
+from tta_jax.codecs.registry import Codec
 from tta_jax.denoisers.dit import DiT, ezaudio_tiny
+from tta_jax.denoisers.factory import dit_denoiser
 from tta_jax.pipelines import ezaudio as EZ
 from tta_jax.pipelines import tta
 
@@ -22,7 +24,7 @@ def _cfg(ctx):
 
 @functools.lru_cache(maxsize=None)
 def _init(ctx, seed=0):
-    init = jax.jit(lambda k: tta.init_params(DiT(_cfg(ctx)), k, T, L))
+    init = jax.jit(lambda k: dit_denoiser(_cfg(ctx)).init(k, (T, C), L))
     return init(jax.random.PRNGKey(seed))  # boxed
 
 
@@ -97,7 +99,7 @@ def test_masked_loss_uses_mask_times_valid(monkeypatch):
     c = base_config()
     c.model = ConfigDict(_cfg(None).to_dict())
     c.diffusion.prediction_type = "v_prediction"
-    model = DiT(_cfg(None))
+    model = dit_denoiser(_cfg(None))
     seen = {}
     real = D.diffusion_loss
 
@@ -117,6 +119,12 @@ def test_masked_loss_uses_mask_times_valid(monkeypatch):
     assert "text" not in seen["cond"] and np.isfinite(float(loss))
 
 
+def toy_text(dim, max_len):
+    from tta_jax.text.registry import build_text_encoder
+
+    return build_text_encoder({"name": "bytes_embed", "dim": dim, "max_len": max_len}).encode
+
+
 def _reshape_codec(hop=4):
     """Lossless toy codec: audio [B, T] -> latent [B, T/(hop*C)*... ] by reshaping."""
     def enc(a):
@@ -126,7 +134,7 @@ def _reshape_codec(hop=4):
 
     def dec(z):
         return jnp.repeat(z, hop, axis=-1).reshape(z.shape[0], -1)
-    return EZ.Codec(encode=enc, decode=dec, sample_rate=8000, hop_length=hop * C)
+    return Codec("reshape", enc, dec, 8000, hop * C, "sequence", C, None, {"name": "reshape"})
 
 
 def _pipeline(window=T):
@@ -135,7 +143,7 @@ def _pipeline(window=T):
     # non-zero cross-attention output so text matters
     params = jax.tree_util.tree_map_with_path(
         lambda p, x: x + 0.05 if "cross_attn" in jax.tree_util.keystr(p) else x, params)
-    return EZ.EzAudio(model=model, params=params, codec=_reshape_codec(), text_encode=EZ.toy_text_encoder(CTX, L),
+    return EZ.EzAudio(model=model, params=params, codec=_reshape_codec(), text_encode=toy_text(CTX, L),
                       sampler=EZ.default_sampler(4), window_frames=window)
 
 

@@ -19,8 +19,8 @@ def tiny():
     c.data.token_pca = 0  # raw tokens here; tests/test_token_pca.py covers the PCA path
     c.model.in_channels = c.model.out_channels = 8  # 2 frames x 4 bins
     c.sampler.num_steps = 4
-    model = tta.DiT(tta.dit_config_from(c))
-    params = meta.unbox(tta.init_params(model, jax.random.PRNGKey(0), 6, 5))
+    model = tta.denoiser_of(c)
+    params = meta.unbox(model.init(jax.random.PRNGKey(0), (6, 8), 5))
     # make the zero-initialised output paths non-trivial so the test can see conditioning
     params = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
     return c, model, params
@@ -57,16 +57,16 @@ def test_generator_pads_context_and_pastes_back(tiny):
     text = jnp.asarray(rs.randn(2, 5, 384), jnp.float32)
     mask = jnp.ones((2, 5), bool)
     null, null_mask = jnp.zeros((1, 3, 384)), jnp.ones((1, 3), bool)  # shorter than the prompt
-    out = gen.generate(params, text, mask, null, null_mask, jax.random.PRNGKey(0), num_frames=6)
+    out = gen.generate(params, {"text": text, "text_mask": mask}, {"text": null, "text_mask": null_mask}, jax.random.PRNGKey(0), (6, 8))
     assert out.shape == (2, 6, 8) and np.isfinite(np.asarray(out)).all()
-    again = gen.generate(params, text, mask, null, null_mask, jax.random.PRNGKey(0), num_frames=6)
+    again = gen.generate(params, {"text": text, "text_mask": mask}, {"text": null, "text_mask": null_mask}, jax.random.PRNGKey(0), (6, 8))
     np.testing.assert_array_equal(np.asarray(out), np.asarray(again))  # deterministic given the key
-    other = gen.generate(params, text[::-1], mask, null, null_mask, jax.random.PRNGKey(0), num_frames=6)
+    other = gen.generate(params, {"text": text[::-1], "text_mask": mask}, {"text": null, "text_mask": null_mask}, jax.random.PRNGKey(0), (6, 8))
     assert not np.allclose(np.asarray(other[0]), np.asarray(out[0]))  # the prompt matters
     src = jnp.asarray(rs.randn(2, 6, 8), jnp.float32)
     edit_mask = jnp.zeros((2, 6)).at[:, 2:4].set(1.0)
-    edited = gen.generate(params, text, mask, null, null_mask, jax.random.PRNGKey(0), num_frames=6,
-                          masked_latent=src, mask=edit_mask)
+    edited = gen.generate(params, {"text": text, "text_mask": mask}, {"text": null, "text_mask": null_mask},
+                          jax.random.PRNGKey(0), (6, 8), masked_latent=src, mask=edit_mask)
     keep = np.asarray(edit_mask) < 0.5
     np.testing.assert_array_equal(np.asarray(edited)[keep], np.asarray(src)[keep])
 
@@ -103,9 +103,9 @@ def test_wiener_preconditioning_wiring(tiny):
     rs = np.random.RandomState(1)
     text, mask = jnp.asarray(rs.randn(2, 5, 384), jnp.float32), jnp.ones((2, 5), bool)
     null, null_mask = jnp.zeros((1, 5, 384)), jnp.ones((1, 5), bool)
-    pre = gen.generate(params, text, mask, null, null_mask, jax.random.PRNGKey(0), num_frames=6)
-    plain = tta.generator_from_config(model, tiny[0]).generate(params, text, mask, null, null_mask,
-                                                                jax.random.PRNGKey(0), num_frames=6)
+    pre = gen.generate(params, {"text": text, "text_mask": mask}, {"text": null, "text_mask": null_mask}, jax.random.PRNGKey(0), (6, 8))
+    plain = tta.generator_from_config(model, tiny[0]).generate(
+        params, {"text": text, "text_mask": mask}, {"text": null, "text_mask": null_mask}, jax.random.PRNGKey(0), (6, 8))
     assert np.isfinite(np.asarray(pre)).all() and not np.allclose(np.asarray(pre), np.asarray(plain))
     batch = {"latent": jnp.asarray(rs.randn(2, 12, 4), jnp.float32), "text": text, "text_mask": mask}
     loss, _ = tta.make_loss_fn(model, c)(params, batch, jax.random.PRNGKey(0))

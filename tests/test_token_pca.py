@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax.core import meta
 
-from data_pipeline.records import encode_record, write_shard
+from tta_jax.data.records import encode_record, write_shard
 from tta_jax.codecs import token_pca as TP
 from tta_jax.pipelines import tta
 
@@ -161,8 +161,8 @@ def test_pipeline_trains_and_decodes_through_the_pca(tmp_path):
     c.model.in_channels = c.model.out_channels = 3
     pca = tta.token_pca_of(c)
     assert pca.k == 3 and pca.dim == 8
-    model = tta.DiT(tta.dit_config_from(c))
-    params = meta.unbox(tta.init_params(model, jax.random.PRNGKey(0), 6, 5))
+    model = tta.denoiser_of(c)
+    params = meta.unbox(model.init(jax.random.PRNGKey(0), (6, 3), 5))
     rs = np.random.RandomState(0)
     batch = {"latent": jnp.asarray(rs.randn(2, 12, 4), jnp.float32),
              "text": jnp.asarray(rs.randn(2, 5, 384), jnp.float32), "text_mask": jnp.ones((2, 5), bool),
@@ -179,7 +179,7 @@ def test_pipeline_trains_and_decodes_through_the_pca(tmp_path):
     c.data.token_pca_whiten_below = 0.0
     c.model.in_channels = c.model.out_channels = 8  # a model for raw 8-value tokens cannot read the PCA's 3
     with pytest.raises(ValueError, match="token_pca=3"):
-        tta.make_loss_fn(tta.DiT(tta.dit_config_from(c)), c, pca)
+        tta.make_loss_fn(tta.denoiser_of(c), c, pca)
     c.data.token_pca, c.data.precomputed_dir = 3, str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="precomputed_dir"):
         tta.token_pca_of(c)

@@ -23,10 +23,9 @@ def toy_data(tmp_path_factory):
     rs = np.random.RandomState(0)
     exs = [Example(key=f"k{i}", caption=f"caption {i}", audio=(0.1 * rs.randn(22050)).astype(np.float32),
                    sample_rate=22050) for i in range(6)]
-    enc, codec_id = build.build_codec(c)
-    txt, text_id = build.build_text(c)
-    cfg = build.precompute_config(c, codec_id, text_id)
-    run_precompute(exs, d, enc, txt, cfg, progress=False)
+    codec, text = build.build_encoders(c)
+    cfg = build.precompute_config(c, codec, text)
+    run_precompute(exs, d, codec.encode, text.encode, cfg, progress=False)
     return d, cfg
 
 

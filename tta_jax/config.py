@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(dict(
         precomputed_dir="", split="train", num_workers=0, crop_frames=0, mask_partial_prob=-1.0, patch_frames=1,
-        token_pca=0, token_pca_whiten_below=0.0,
+        token_pca=0, token_pca_whiten_below=0.0, cond_keys=(),
         source_kwargs=ml_collections.ConfigDict()))
     return c
 
@@ -171,9 +171,20 @@ class _null:
         return False
 
 
+def split_config_arg(spec: str | os.PathLike) -> tuple[str, str | None]:
+    """``"configs/ezaudio.py:tiny"`` -> ``("configs/ezaudio.py", "tiny")`` (big_vision's config argument, as
+    ``config_flags`` parses it); a plain path -> ``(path, None)``."""
+    spec = os.fspath(spec)
+    path, sep, arg = spec.rpartition(":")
+    if sep and path.endswith(".py"):
+        return path, arg
+    return spec, None
+
+
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """Imports ``configs/X.py``, calls its ``get_config()``, applies overrides and validates."""
-    path = os.fspath(path)
+    """Imports ``configs/X.py``, calls its ``get_config()`` (``get_config(arg)`` for ``configs/X.py:arg``, e.g.
+    a size variant ``:tiny``), applies overrides and validates."""
+    path, arg = split_config_arg(path)
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
     spec = importlib.util.spec_from_file_location(f"_tta_config_{abs(hash(path))}", path)
@@ -181,6 +192,9 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ml_co
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config()")
-    cfg = module.get_config()
+    try:
+        cfg = module.get_config() if arg is None else module.get_config(arg)
+    except TypeError as e:
+        raise ConfigError(f"{path}: get_config({arg!r}) failed: {e}") from e
     apply_overrides(cfg, overrides)
     return validate_config(cfg)

@@ -178,7 +178,7 @@ def _train_tokens(data_dir: str, patch_frames: int, split: str, max_records: int
     """Patched latents [N, p*C] of the first ``max_records`` records of ``split`` (shard order)."""
     from array_record.python.array_record_module import ArrayRecordReader
 
-    from data_pipeline.records import decode_record
+    from tta_jax.data.records import decode_record
 
     manifest = _read_manifest(data_dir)
     if manifest is not None:  # only the shards of this precompute (an older one may have left others)
@@ -196,6 +196,10 @@ def _train_tokens(data_dir: str, patch_frames: int, split: str, max_records: int
                 if rec.get("split", split) != split:
                     continue
                 lat = np.asarray(rec["latent"], np.float32)
+                if lat.ndim != 2:
+                    raise ValueError(f"record {rec.get('key', '?')!r} in {path}: latent shape {list(lat.shape)}; the "
+                                     "token PCA patches sequence latents [T, C] (an image latent [H, T, C] has no "
+                                     "DiT tokens to fit)")
                 if not np.isfinite(lat).all():
                     raise ValueError(f"record {rec.get('key', '?')!r} in {path}: non-finite latent values; "
                                      "cannot fit the token PCA")

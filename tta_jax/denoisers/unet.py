@@ -51,7 +51,7 @@ import jax.numpy as jnp
 
 from tta_jax.nn.attention import Attention
 from tta_jax.nn.embeddings import TimestepMLP, timestep_embedding
-from tta_jax.nn.layers import AdaGroupNorm, FeedForward, modulate
+from tta_jax.nn.layers import AdaGroupNorm, FeedForward, dense, modulate
 from tta_jax.nn.sharding import constrain, dense_init
 
 Array = jax.Array
@@ -63,7 +63,6 @@ PLAIN_UP = "UpBlock2D"
 MID_CROSS = "UNetMidBlock2DCrossAttn"
 TIME_NORMS = ("default", "scale_shift", "ada_group", "default_ada")
 
-_xavier = nn.initializers.xavier_uniform()
 _zeros = nn.initializers.zeros
 
 
@@ -97,12 +96,6 @@ def _conv(features, *, kernel=3, stride=1, name, dtype, kernel_init=nn.initializ
                    dtype=dtype, name=name,
                    kernel_init=dense_init(kernel_init, (None, None, "conv_in", "conv_out")),
                    bias_init=dense_init(_zeros, ("conv_out",)))
-
-
-def _dense(features, names, *, name, dtype, use_bias=True, kernel_init=_xavier, bias_init=_zeros):
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
-                    kernel_init=dense_init(kernel_init, names),
-                    bias_init=dense_init(bias_init, tuple(names)[1:]))
 
 
 def _group_norm(groups, eps, *, name, dtype):
@@ -166,7 +159,7 @@ class ResnetBlock(nn.Module):
             h = AdaGroupNorm(C, self.groups, eps=self.eps, dtype=self.dtype, name="norm2")(h, temb)
         else:
             mult = 2 if self.time_norm == "scale_shift" else 1
-            e = _dense(mult * C, ("embed_in", "embed"), name="time_emb_proj", dtype=self.dtype)(_act(temb))
+            e = dense(mult * C, ("embed_in", "embed"), name="time_emb_proj", dtype=self.dtype)(_act(temb))
             e = e[:, None, None, :]
             if self.time_norm == "scale_shift":
                 scale, shift = jnp.split(e, 2, axis=-1)
@@ -189,7 +182,7 @@ class ResnetBlock(nn.Module):
         if cond_emb is None:
             raise ValueError("ResnetBlock(time_norm='default_ada') needs the fused embedding cond_emb")
         C = h.shape[-1]
-        e = _dense(2 * C, ("embed_in", "embed"), name=name, dtype=self.dtype, kernel_init=_zeros)(_act(cond_emb))
+        e = dense(2 * C, ("embed_in", "embed"), name=name, dtype=self.dtype, kernel_init=_zeros)(_act(cond_emb))
         scale, shift = jnp.split(e, 2, axis=-1)
         return modulate(h, shift, scale)
 
@@ -262,12 +255,12 @@ class Transformer2D(nn.Module):
         residual = x
         h = _group_norm(self.groups, 1e-6, name="norm", dtype=self.dtype)(x)
         h = h.reshape(B, H * W, C)
-        h = _dense(inner, ("embed", "mlp"), name="proj_in", dtype=self.dtype)(h)
+        h = dense(inner, ("embed", "mlp"), name="proj_in", dtype=self.dtype)(h)
         for i in range(self.num_layers):
             h = BasicTransformerBlock(self.num_heads, self.head_dim, self.only_cross_attention, self.extras,
                                       self.backend, self.dtype, name=f"transformer_blocks_{i}")(
                 h, context, context_mask, extra_ctx, control=control)
-        h = _dense(C, ("mlp", "embed"), name="proj_out", dtype=self.dtype)(h)
+        h = dense(C, ("mlp", "embed"), name="proj_out", dtype=self.dtype)(h)
         return h.reshape(B, H, W, C) + residual
 
 
@@ -509,7 +502,7 @@ class UNet(nn.Module):
         self.conv_in = _conv(ch[0], name=None, dtype=self.dtype)
         self.time_embedding = TimestepMLP(self.time_embed_dim, dtype=self.dtype)
         if self.class_embed_type == "simple_projection":
-            self.class_embedding = _dense(self.time_embed_dim, ("embed_in", "embed"), name=None, dtype=self.dtype)
+            self.class_embedding = dense(self.time_embed_dim, ("embed_in", "embed"), name=None, dtype=self.dtype)
         elif self.class_embed_type == "projection":
             self.class_embedding = TimestepMLP(self.time_embed_dim, dtype=self.dtype)
         self.down_blocks = [

@@ -23,7 +23,7 @@ The stage configs use ``config.builder = "tta_jax.pipelines.ezaudio:build_stage_
   (stage 2's cross-attention, context projection) keep their fresh initialisation. The report (copied
   / new / dropped names) is logged and kept as ``task.expand_report``.
 
-Masked diffusion: masks come from ``data_pipeline/masks.py`` (``data.mask_partial_prob``); the DiT
+Masked diffusion: masks come from ``tta_jax/data/masks.py`` (``data.mask_partial_prob``); the DiT
 replaces masked frames of the clean latent by its learned ``mask_embed``; ``tta.make_loss_fn`` restricts
 the v-MSE to ``mask * latent_valid`` (per sample ``sum(err * m) / sum(m)``, then the batch mean).
 
@@ -61,6 +61,7 @@ import numpy as np
 
 from tta_jax import diffusion as D
 from tta_jax.denoisers.dit import DiT, DiTConfig
+from tta_jax.denoisers.factory import dit_denoiser
 from tta_jax.pipelines import tta
 
 log = logging.getLogger(__name__)
@@ -176,57 +177,9 @@ def build_stage_task(config, mesh):
             return expand_params(old, base_init(rng), strict=False)[0]
 
     task = Task(init_fn=init_fn, loss_fn=loss_fn, train_iter=base.train_iter, sample_fn=base.sample_fn,
-                decay_mask_fn=base.decay_mask_fn)
+                decay_mask_fn=base.decay_mask_fn, save_assets=base.save_assets)
     task.expand_report = report
     return task
-
-
-# ================================================================================ codecs
-@dataclasses.dataclass
-class Codec:
-    """What the inference API needs from a codec: ``encode(audio [B, T]) -> latent [B, F, C]``,
-    ``decode(latent [B, F, C]) -> audio [B, T']``, ``sample_rate`` and ``hop_length`` (samples/frame)."""
-
-    encode: Callable[[Any], jax.Array]
-    decode: Callable[[Any], jax.Array]
-    sample_rate: int
-    hop_length: int
-
-    @property
-    def latent_rate(self) -> float:
-        return self.sample_rate / self.hop_length
-
-
-def mel_codec(codec, params) -> Codec:
-    """:class:`tta_jax.codecs.mel_codec.MelCodec` (normalised log-mel + HiFi-GAN) as a :class:`Codec`."""
-    return Codec(encode=lambda a: codec.encode(params, a), decode=lambda z: codec.decode(params, z),
-                 sample_rate=codec.sample_rate, hop_length=codec.hop_length)
-
-
-def oobleck_codec(vae, params, *, sample: bool = False, seed: int = 0) -> Codec:
-    """Oobleck VAE as a :class:`Codec`. ``sample``: encode to ``mean + std * eps`` (as the DiT trains on
-    sampled latents) instead of the mean."""
-    key = jax.random.PRNGKey(seed)
-
-    @jax.jit
-    def enc(a):
-        if a.ndim == 2:
-            a = a[..., None]
-        mean, std = vae.apply({"params": params}, a, method="encode")
-        return mean + std * jax.random.normal(key, mean.shape) if sample else mean
-
-    @jax.jit
-    def dec(z):
-        out = vae.apply({"params": params}, z, method="decode")
-        return out[..., 0] if out.shape[-1] == 1 else out
-
-    return Codec(encode=lambda a: enc(jnp.asarray(a, jnp.float32)), decode=lambda z: dec(jnp.asarray(z)),
-                 sample_rate=vae.config.sample_rate, hop_length=vae.config.hop_length)
-
-
-def precompute_encoder(codec: Codec) -> Callable[[np.ndarray], np.ndarray]:
-    """``encode_audio`` for ``data_pipeline.precompute.run_precompute``: [B, T] -> numpy [B, F, C]."""
-    return lambda a: np.asarray(codec.encode(jnp.asarray(a, jnp.float32)))
 
 
 # ================================================================================ inference
@@ -240,16 +193,18 @@ def default_sampler(num_steps: int = 100) -> D.SamplerConfig:
 
 @dataclasses.dataclass
 class EzAudio:
-    """Text-to-audio, editing, inpainting and outpainting with an EzAudio-DiT + a :class:`Codec`.
+    """Text-to-audio, editing, inpainting and outpainting with an EzAudio-DiT + a codec.
 
+    ``codec``: a :class:`tta_jax.codecs.registry.Codec` (or anything with ``encode(audio [B, N]) -> [B, F, C]``,
+    ``decode``, ``sample_rate``, ``hop_length`` and ``latent_rate``), e.g. ``build_codec(config.codec)``.
     ``text_encode(prompts) -> {"text": [B, L, D], "text_mask": [B, L]}`` (the empty prompt is the
-    unconditional branch). ``window_frames``: the latent length the DiT was trained on (outpainting
+    unconditional branch), e.g. ``build_text_encoder(config.text).encode``. ``window_frames``: the latent length the DiT was trained on (outpainting
     window); ``patch_frames``: frames per DiT token (1 for EzAudio).
     """
 
     model: DiT
     params: Any
-    codec: Codec
+    codec: Any
     text_encode: TextEncodeFn
     schedule: D.DiffusionSchedule = dataclasses.field(default_factory=default_schedule)
     sampler: D.SamplerConfig = dataclasses.field(default_factory=default_sampler)
@@ -270,22 +225,9 @@ class EzAudio:
     def generator(self, scale: float, rescale: float) -> tta.Generator:
         k = (float(scale), float(rescale))
         if k not in self._gens:
-            self._gens[k] = tta.Generator(self.model, self.schedule, self.sampler, guidance_scale=k[0],
-                                          guidance_rescale=k[1])
+            self._gens[k] = tta.Generator(dit_denoiser(self.model.config), self.schedule, self.sampler,
+                                          guidance_scale=k[0], guidance_rescale=k[1])
         return self._gens[k]
-
-    def _text(self, prompts: Sequence[str]):
-        t = self.text_encode(list(prompts))
-        n = self.text_encode([""])
-        length = max(np.shape(t["text"])[1], np.shape(n["text"])[1])
-
-        def pad(x, m):  # both CFG branches need the same length: pad with masked-out zeros
-            x, m = jnp.asarray(x, jnp.float32), jnp.asarray(m).astype(bool)
-            k = length - x.shape[1]
-            return jnp.pad(x, ((0, 0), (0, k), (0, 0))), jnp.pad(m, ((0, 0), (0, k)))
-        text, tmask = pad(t["text"], t["text_mask"])
-        null, nmask = pad(n["text"], n["text_mask"])
-        return text, tmask, null[0], nmask[0]
 
     def frames_of(self, seconds: float) -> int:
         f = int(np.ceil(seconds * self.codec.latent_rate - 1e-6))
@@ -306,7 +248,7 @@ class EzAudio:
             raise ValueError(f"num_frames={num_frames} is not a multiple of patch_frames={p}")
         gen = self.generator(self.guidance_scale if guidance_scale is None else guidance_scale,
                              self.guidance_rescale if guidance_rescale is None else guidance_rescale)
-        text, tmask, null, nmask = self._text(prompts)
+        cond, uncond = tta.text_conds(self.text_encode, prompts)
         ml = mk = None
         if mask is not None:
             mask = jnp.asarray(mask, jnp.float32)
@@ -315,8 +257,8 @@ class EzAudio:
                 raise ValueError(f"mask {mask.shape} / masked_latent {masked_latent.shape} must be "
                                  f"[B, {num_frames}] / [B, {num_frames}, C]")
             ml, mk = tta.patchify(masked_latent, p), tta.patch_mask(mask, p)
-        z = gen.generate(self.params, text, tmask, null, nmask, key, num_frames // p, masked_latent=ml,
-                         mask=mk)
+        z = gen.generate(self.params, cond, uncond, key, (num_frames // p, self.model.config.out_channels),
+                         masked_latent=ml, mask=mk)
         z = tta.unpatchify(z, p)
         if mask is not None:
             z = jnp.where(mask[..., None] > 0.5, z, masked_latent)
@@ -410,120 +352,35 @@ class EzAudio:
 
 
 # ================================================================================ official weights
-def t5_text_encoder(t5_dir: str, max_length: int = 512) -> TextEncodeFn:
-    """FLAN-T5 encoder (transformers folder: tokenizer + weights) -> ``text_encode`` for :class:`EzAudio`."""
-    from transformers import AutoTokenizer
-
-    from tta_jax.text.t5 import from_pretrained_dir
-
-    tok = AutoTokenizer.from_pretrained(t5_dir)
-    enc, params = from_pretrained_dir(t5_dir)
-    apply = jax.jit(lambda ids, m: enc.apply({"params": params}, ids, m).last_hidden_state)
-
-    def encode(prompts):
-        t = tok(list(prompts), padding="longest", truncation=True, max_length=max_length, return_tensors="np")
-        return {"text": apply(jnp.asarray(t["input_ids"]), jnp.asarray(t["attention_mask"])),
-                "text_mask": jnp.asarray(t["attention_mask"]).astype(bool)}
-    return encode
-
-
 def load_ezaudio(dit_path: str, vae_path: str, size: str = "xl", *, text_encode: TextEncodeFn | None = None,
                  t5_dir: str | None = None, vae_key: str | None = None, num_steps: int = 100,
-                 strict: bool = True) -> EzAudio:
+                 strict: bool = True, max_length: int = 128) -> EzAudio:
     """Released EzAudio DiT (``ezaudio_s3_{l,xl}.pt``) + VAE (``vae/1m.pt``) -> :class:`EzAudio`.
 
-    ``size``: "l" or "xl". Text: ``text_encode`` or ``t5_dir`` (FLAN-T5-large for L, -XL for XL).
+    ``size``: "l" or "xl". Text: ``text_encode`` or ``t5_dir`` (FLAN-T5-large for L, -XL for XL; the T5 entry
+    of :mod:`tta_jax.text.registry`, ``max_length`` tokens). The VAE through the ``oobleck`` codec entry
+    (:mod:`tta_jax.codecs.registry`; ``vae_key``: a nested state dict's key).
     """
-    from tta_jax.codecs.oobleck import OobleckVAE, get_config as oobleck_preset
+    from tta_jax.codecs.registry import build_codec
     from tta_jax.convert.ezaudio_dit import load_ezaudio_dit
-    from tta_jax.convert.oobleck import load_oobleck
     from tta_jax.denoisers import dit as dit_mod
+    from tta_jax.text.registry import build_text_encoder
 
     name = f"ezaudio_{size.lower()}"
     if name not in dit_mod.PRESETS:
         raise ValueError(f"size={size!r}: expected 'l' or 'xl'")
     cfg: DiTConfig = dit_mod.PRESETS[name]()
     tree, _ = load_ezaudio_dit(dit_path, cfg, strict=strict)
-    vcfg = oobleck_preset("ezaudio_24k")
-    vparams = load_oobleck(vae_path, vcfg, strict=strict, key=vae_key)
+    codec = build_codec({"name": "oobleck", "preset": "ezaudio_24k", "weights": vae_path,
+                         "weights_key": vae_key or ""}, "load_ezaudio(vae_path)")
     if text_encode is None:
         if t5_dir is None:
             raise ValueError("load_ezaudio needs text_encode=... or t5_dir=<FLAN-T5 folder>")
-        text_encode = t5_text_encoder(t5_dir)
-    return EzAudio(model=DiT(cfg), params=tree["params"], codec=oobleck_codec(OobleckVAE(vcfg), vparams),
-                   text_encode=text_encode, sampler=default_sampler(num_steps), window_frames=500)
+        text_encode = build_text_encoder({"name": "t5", "path": t5_dir, "max_len": max_length},
+                                         "load_ezaudio(t5_dir)").encode
+    return EzAudio(model=DiT(cfg), params=tree["params"], codec=codec, text_encode=text_encode,
+                   sampler=default_sampler(num_steps), window_frames=500)
 
 
-# ================================================================================ tiny / toy setup
-TOY_CAPTIONS = ("a harmonic tone with vibrato", "a sweeping chirp", "bursts of filtered noise")
-
-
-def toy_text_encoder(dim: int = 32, max_len: int = 16, seed: int = 0) -> TextEncodeFn:
-    """Deterministic stand-in text encoder: BOS + UTF-8 bytes -> fixed random embeddings [B, L, dim]
-    (L = max_len; the empty caption is the BOS token alone, so no row is fully masked)."""
-    from data_pipeline.toy import byte_tokens
-
-    table = (np.random.default_rng(seed).standard_normal((258, dim)) / np.sqrt(dim)).astype(np.float32)
-
-    def encode(prompts):
-        ids = byte_tokens(list(prompts), max_len - 1)["input_ids"]
-        ids = np.concatenate([np.full((ids.shape[0], 1), 257, np.int32), ids], axis=1)
-        mask = ids > 0
-        return {"text": table[ids] * mask[..., None], "text_mask": mask}
-    return encode
-
-
-def toy_captioned_examples(num: int, seconds: float, sample_rate: int, seed: int = 0):
-    """``data_pipeline`` Examples of :func:`tta_jax.train.gan.toy_waveforms` with their kind as caption."""
-    from data_pipeline.sources import Example
-    from tta_jax.train.gan import toy_waveforms
-
-    waves = toy_waveforms(num, seconds, sample_rate, seed)
-    return [Example(key=f"toy{i:04d}", caption=TOY_CAPTIONS[i % 3], audio=w, sample_rate=sample_rate,
-                    split="train") for i, w in enumerate(waves)]
-
-
-def prepare_tiny_data(vae_params, vae_config, out_dir: str, *, num_clips: int = 48, seconds: float = 0.5,
-                      seed: int = 0, text_dim: int = 32, text_len: int = 16) -> dict:
-    """Toy captioned clips -> sampled tiny-VAE latents + toy text states -> precomputed ArrayRecords."""
-    from data_pipeline.precompute import PrecomputeConfig, run_precompute
-    from data_pipeline.sources import AudioConfig
-    from tta_jax.codecs.oobleck import OobleckVAE
-
-    codec = oobleck_codec(OobleckVAE(vae_config), vae_params, sample=True, seed=seed)
-    enc_text = toy_text_encoder(text_dim, text_len)
-    exs = toy_captioned_examples(num_clips, seconds, vae_config.sample_rate, seed)
-    cfg = PrecomputeConfig(audio=AudioConfig(sample_rate=vae_config.sample_rate, crop_seconds=seconds,
-                                             normalize=None), shard_size=max(num_clips, 1), batch_size=8,
-                           codec_id="ezaudio-vae-tiny", text_id=f"toy-bytes-{text_dim}")
-    text_fn = lambda caps: {k: np.asarray(v) for k, v in enc_text(caps).items()}  # noqa: E731
-    return run_precompute(exs, out_dir, precompute_encoder(codec), text_fn, cfg, progress=False)
-
-
-def _main(argv=None):
-    import argparse
-
-    from tta_jax.config import load_config
-    from tta_jax.train.checkpoint import load_params
-    from tta_jax.train.gan import vae_config_of
-
-    ap = argparse.ArgumentParser(prog="python -m tta_jax.pipelines.ezaudio")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("prepare_tiny", help="precompute toy data with a trained tiny VAE")
-    p.add_argument("--vae_workdir", required=True)
-    p.add_argument("--vae_config", default="configs/ezaudio_vae_tiny.py")
-    p.add_argument("--out", required=True)
-    p.add_argument("--num_clips", type=int, default=48)
-    a = ap.parse_args(argv)
-    params, step = load_params(a.vae_workdir, ema=False)
-    m = prepare_tiny_data(params, vae_config_of(load_config(a.vae_config)), a.out, num_clips=a.num_clips)
-    print(f"VAE step {step}: {m['num_records']} records, latent shape {m['shapes']['latent']}")
-
-
-if __name__ == "__main__":
-    _main()
-
-
-__all__ = ["ExpandReport", "expand_params", "build_stage_task", "Codec", "mel_codec", "oobleck_codec",
-           "precompute_encoder", "EzAudio", "load_ezaudio", "t5_text_encoder", "default_schedule",
-           "default_sampler", "toy_text_encoder", "toy_captioned_examples", "prepare_tiny_data"]
+__all__ = ["ExpandReport", "expand_params", "build_stage_task", "EzAudio", "load_ezaudio", "default_schedule",
+           "default_sampler"]

@@ -1,14 +1,18 @@
-"""Text -> audio on precomputed latents: the training task and the jitted sampling pipeline.
+"""Latent text-to-audio on precomputed latents: the one training task and the one jitted sampler.
 
-One task serves every latent-sequence system whose denoiser follows the interface
-``model.apply({"params": p}, x_t [B, T, C], t [B], cond, train=...)``: the EzAudio-DiT on mel-codec or
-waveform-VAE latents (the demo), and its ablation variants. The objective, schedule and sampler come
-from the config (``diffusion.*``, ``sampler.*``); EzAudio's masked-diffusion training is on when the
-loader emits span masks (``data.mask_partial_prob``).
+Every latent-diffusion system runs through this module: the denoiser comes from the factory
+(:func:`tta_jax.denoisers.factory.build_denoiser`, ``config.model.name`` = ``dit`` | ``unet``) and follows
+``apply(params, x_t, t [B], cond, train=...)`` on sequence latents [B, T, C] or image latents [B, H, T, C]
+(time is axis -2 in both); the codec and text encoder come from their registries
+(:mod:`tta_jax.codecs.registry`, :mod:`tta_jax.text.registry`); the ``cond`` keys are the ones the denoiser's
+configuration declares (:attr:`Denoiser.cond_keys`; ``config.data.cond_keys`` restricts them). The
+objective, schedule and sampler come from ``diffusion.*`` / ``sampler.*``; EzAudio's masked-diffusion
+training is on when the loader emits span masks (``data.mask_partial_prob``).
 
-Config keys used (see ``configs/ezaudio_demo.py``): ``model`` (DiTConfig fields), ``diffusion``,
-``sampler``, ``data.precomputed_dir``, ``data.crop_frames``, ``data.mask_partial_prob``,
-``diffusion.cond_drop_prob``, ``diffusion.precondition``, ``train.batch_size``, ``seed``.
+A training run is self-contained: ``workdir/config.json``, the checkpoints and ``workdir/assets/`` (the token
+PCA when ``data.token_pca`` is on) are all :func:`sample_pipeline` reads; the precomputed data may be gone.
+A system is a config (plus, when it needs one, a small module wrapping :func:`build_task`, as
+:mod:`tta_jax.pipelines.ezaudio` does for its stages).
 """
 from __future__ import annotations
 
@@ -23,33 +27,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from tta_jax import diffusion as D
-from tta_jax.denoisers.dit import DiT, DiTConfig
+from tta_jax import sections
+from tta_jax.denoisers.factory import IMAGE, Denoiser, build_denoiser, dit_config, with_text_adapters
+from tta_jax.errors import ConfigError
 
-TextEncodeFn = Callable[[Sequence[str]], Mapping[str, np.ndarray]]
 log = logging.getLogger(__name__)
 
 # What manifests written before the structured ``codec`` / ``text`` fields say: the id strings of
-# data_pipeline/build.py (``config.codec_id`` / ``config.text_id``), by prefix.
+# data_pipeline/build.py before the registries (``config.codec_id`` / ``config.text_id``), by prefix.
 _LEGACY_IDS = {"codec": (("toy-frame-codec(", "toy"), ("mel(", "mel")),
                "text": (("minilm-tokens(", "minilm_tokens"), ("minilm(", "minilm"), ("bytes(", "bytes"),
                         ("none", "none"))}
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return float(a) == float(b)
-    return a == b
-
-
 def check_precomputed(config, manifest: Mapping[str, Any], data_dir: str, *, warn: bool = True) -> list[str]:
     """Refuses data precomputed with another codec or text encoder than the config names: compares
     ``config.codec.name`` / ``config.text.name`` (and every setting both the config section and the manifest
-    record, e.g. ``text.max_len``) with the manifest's ``codec`` / ``text`` fields, and raises
+    record, e.g. ``text.max_len``, nested ones such as ``text.encoders[1].max_len`` included;
+    :func:`tta_jax.sections.mismatches`) with the manifest's ``codec`` / ``text`` fields, and raises
     :class:`tta_jax.config.ConfigError` naming both sides and the fix. Manifests from before those fields: the
     name is read from their ``codec_id`` / ``text_id`` where it is recognisable, else the data is accepted with
     a warning. A config section without a name is not checked. -> the warnings (also logged if ``warn``)."""
-    from tta_jax.config import ConfigError
-
     warnings = []
     where = os.path.join(data_dir, "manifest.json")
     for section in ("codec", "text"):
@@ -76,11 +74,9 @@ def check_precomputed(config, manifest: Mapping[str, Any], data_dir: str, *, war
             raise ConfigError(f"data in {data_dir} was precomputed with {section}={have['name']!r} ({source}), but "
                               f"the config expects {section}={want['name']!r} (config.{section}.name); "
                               + fix.format(k=f"{section}.name", v=want["name"]))
-        for key in sorted(set(want) & set(have) - {"name"}):
-            if not _same(have[key], want[key]):
-                raise ConfigError(f"data in {data_dir} was precomputed with {section}.{key}={have[key]!r} "
-                                  f"({source}), but the config expects {section}.{key}={want[key]!r} "
-                                  f"(config.{section}.{key}); " + fix.format(k=f"{section}.{key}", v=want[key]))
+        for key, h, w in sections.mismatches(want, have, section)[:1]:
+            raise ConfigError(f"data in {data_dir} was precomputed with {key}={h!r} ({source}), but the config "
+                              f"expects {key}={w!r} (config.{key}); " + fix.format(k=key, v=w))
     if warn:
         for w in warnings:
             log.warning(w)
@@ -95,20 +91,23 @@ def _check_data_dir(config, data_dir: str) -> None:
             check_precomputed(config, json.load(f), data_dir, warn=False)
 
 
-def dit_config_from(config) -> DiTConfig:
-    """``config.model`` (ConfigDict of DiTConfig fields, plus ``preset``) -> DiTConfig."""
-    from tta_jax.denoisers import dit as dit_mod
+def denoiser_of(config) -> Denoiser:
+    """``config.model`` -> :class:`tta_jax.denoisers.factory.Denoiser` (``model.name``: dit / unet); with
+    ``config.text.name = "multi"`` it reads each encoder's ``text:<i>`` through trainable adapters
+    (:func:`tta_jax.denoisers.factory.with_text_adapters`)."""
+    den = build_denoiser(config.model)
+    text = config.get("text") or {}
+    if text.get("name") == "multi":
+        den = with_text_adapters(den, len(text.get("encoders") or ()))
+    return den
 
+
+def dit_config_from(config):
+    """``config.model`` (DiTConfig fields, plus ``preset``) -> DiTConfig (a DiT system's config)."""
     fields = dict(config.model.to_dict() if hasattr(config.model, "to_dict") else config.model)
-    preset = fields.pop("preset", None)
-    if preset:
-        if preset not in dit_mod.PRESETS:
-            raise ValueError(f"config.model.preset={preset!r}; expected one of {sorted(dit_mod.PRESETS)}")
-        return dit_mod.PRESETS[preset](**fields)
-    try:
-        return DiTConfig.from_dict(fields)
-    except ValueError as e:
-        raise ValueError(f"config.model: {e}") from e
+    if fields.pop("name", "dit") != "dit":
+        raise ConfigError(f"config.model.name={config.model.name!r}: not a DiT config")
+    return dit_config(fields)
 
 
 def schedule_of(config) -> D.DiffusionSchedule:
@@ -123,6 +122,7 @@ def sampler_of(config, **overrides) -> D.SamplerConfig:
     return D.SamplerConfig(**kw)
 
 
+# ------------------------------------------------------------------------------ latent <-> model space
 def patchify(x: jax.Array, p: int) -> jax.Array:
     """[B, T, C] -> [B, T/p, p*C]: p consecutive frames per token (T must be divisible by p)."""
     if p == 1:
@@ -151,8 +151,11 @@ def patch_mask(mask: jax.Array, p: int) -> jax.Array:
 
 def patch_batch(batch: Mapping[str, Any], p: int, pca=None) -> dict[str, Any]:
     """Loader batch -> token batch: latent [B, T, C] -> [B, T/p, p*C] (-> [B, T/p, k] through ``pca``, a
-    :class:`tta_jax.codecs.token_pca.TokenPCA`), frame masks -> token masks."""
+    :class:`tta_jax.codecs.token_pca.TokenPCA`), frame masks -> token masks. Image latents [B, H, T, C]
+    pass unchanged (p = 1, no PCA; checked by :func:`check_latent_space`)."""
     out = dict(batch)
+    if np.ndim(batch["latent"]) != 3:
+        return out
     out["latent"] = patchify(batch["latent"], p)
     if pca is not None:
         out["latent"] = pca.encode(out["latent"])
@@ -162,38 +165,125 @@ def patch_batch(batch: Mapping[str, Any], p: int, pca=None) -> dict[str, Any]:
     return out
 
 
-def cond_from_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """Loader batch -> denoiser cond dict (text states + mask, EzAudio mask + masked latent)."""
+def check_latent_space(config, denoiser: Denoiser) -> None:
+    """Token patching and the token PCA are for sequence latents; refuse them for image latents by key."""
+    if denoiser.layout == IMAGE:
+        for key, off in (("patch_frames", 1), ("token_pca", 0)):
+            if int(config.data.get(key, off) or off) != off:
+                raise ConfigError(f"config.data.{key}={config.data.get(key)} applies to sequence latents; "
+                                  f"config.model.name={denoiser.name!r} denoises image latents (set it to {off})")
+
+
+def time_mask_like(mask: jax.Array, x: jax.Array) -> jax.Array:
+    """A per-frame mask [B, T] (or a full-resolution one, x's shape without channels) broadcastable to x
+    ([B, T, C] -> [B, T, 1]; [B, H, T, C] -> [B, 1, T, 1]): time is axis -2 in both layouts."""
+    mask = jnp.asarray(mask)
+    if mask.ndim == x.ndim - 1:
+        return mask[..., None]
+    if mask.ndim == 2 and x.ndim == 4:
+        return mask[:, None, :, None]
+    raise ValueError(f"mask {mask.shape} does not fit latents {x.shape} (expected [B, T] or {x.shape[:-1]})")
+
+
+# ------------------------------------------------------------------------------ conditioning
+def cond_keys_of(config, denoiser: Denoiser) -> tuple[str, ...]:
+    """The ``cond`` keys the task feeds: ``config.data.cond_keys`` when set (each must be one the denoiser
+    reads), else every key the denoiser's configuration declares (:attr:`Denoiser.cond_keys`)."""
+    keys = tuple(config.data.get("cond_keys", ()) or ())
+    if not keys:
+        return denoiser.cond_keys
+    bad = [k for k in keys if k not in denoiser.cond_keys]
+    if bad:
+        raise ConfigError(f"config.data.cond_keys names {bad[0]!r}, which config.model ({denoiser.name}) does "
+                          f"not read; it reads {list(denoiser.cond_keys)}")
+    return keys
+
+
+def cond_from_batch(batch: Mapping[str, Any], keys: Sequence[str] = ("text", "text_mask", "mask",
+                                                                     "masked_latent")) -> dict[str, Any]:
+    """Loader batch -> denoiser ``cond``: every key of ``keys`` the batch has. ``masked_latent`` (EzAudio's
+    clean input) is the batch's latent, given whenever the batch has a ``mask``."""
     cond = {}
-    if "text" in batch:
-        cond["text"] = batch["text"]
-        if "text_mask" in batch:
-            cond["text_mask"] = batch["text_mask"]
-    if "mask" in batch:
-        cond["mask"] = batch["mask"]
-        cond["masked_latent"] = batch["latent"]
+    for k in keys:
+        if k == "masked_latent":
+            if "mask" in batch:
+                cond[k] = batch["latent"]
+        elif k in batch:
+            cond[k] = batch[k]
     return cond
 
 
-def token_pca_of(config):
-    """The fitted token PCA when ``config.data.token_pca = k > 0`` (cached in ``data.precomputed_dir``, fitted
-    from its training split on first use), its directions fainter than ``config.data.token_pca_whiten_below``
-    scaled to unit variance (:meth:`TokenPCA.whitened`); else None."""
+# ------------------------------------------------------------------------------ token PCA (sequence latents)
+ASSETS = "assets"              # workdir/assets/: what sampling needs besides config.json and the params
+TOKEN_PCA_ASSET = "token_pca.npz"
+
+
+def token_pca_of(config, workdir: str | None = None):
+    """The fitted token PCA when ``config.data.token_pca = k > 0``, its directions fainter than
+    ``config.data.token_pca_whiten_below`` scaled to unit variance (:meth:`TokenPCA.whitened`); else None.
+
+    Read from ``workdir/assets/token_pca.npz`` when a run saved it there (sampling needs no training data),
+    else fitted from (and cached in) ``data.precomputed_dir``'s training split."""
     k = int(config.data.get("token_pca", 0) or 0)
     if k <= 0:
         return None
     from tta_jax.codecs import token_pca
 
-    data_dir = config.data.precomputed_dir
-    if not data_dir or not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"config.data.token_pca={k} needs the precomputed data it was fitted on "
-                                f"(config.data.precomputed_dir={data_dir!r} is not a directory)")
-    _check_data_dir(config, data_dir)  # fitting on another codec's latents fails with a puzzling shape error
-    pca = token_pca.load_or_fit(data_dir, int(config.data.patch_frames), k)
+    saved = os.path.join(workdir, ASSETS, TOKEN_PCA_ASSET) if workdir else None
+    if saved and os.path.exists(saved):
+        pca = token_pca.load(saved)
+        if pca.k != k:
+            raise ConfigError(f"{saved} holds a {pca.k}-direction token PCA but config.data.token_pca={k}")
+    else:
+        data_dir = config.data.precomputed_dir
+        if not data_dir or not os.path.isdir(data_dir):
+            where = f"{saved} does not exist and " if saved else ""
+            raise FileNotFoundError(f"config.data.token_pca={k}: {where}the precomputed data it is fitted on is "
+                                    f"missing (config.data.precomputed_dir={data_dir!r} is not a directory)")
+        _check_data_dir(config, data_dir)  # fitting on another codec's latents fails with a puzzling shape error
+        pca = token_pca.load_or_fit(data_dir, int(config.data.patch_frames), k)
     return pca.whitened(float(config.data.get("token_pca_whiten_below", 0.0)))
 
 
-def precondition_var_of(config, pca=None):
+LATENT_ASSET = "latent.json"
+
+
+def save_assets(config, workdir: str, latent_shape: Sequence[int] | None = None) -> list[str]:
+    """Writes what sampling needs besides the params into ``workdir/assets/``, so ``launch.sample --workdir``
+    works with the training data deleted: ``latent.json`` (one training example's codec latent shape, [T, C]
+    or [H, T, C]: the default sample length) and the unwhitened token PCA when the config uses one. -> paths."""
+    d = os.path.join(workdir, ASSETS)
+    os.makedirs(d, exist_ok=True)
+    paths = []
+    if latent_shape is not None:
+        path = os.path.join(d, LATENT_ASSET)
+        with open(path, "w") as f:
+            json.dump({"latent_shape": [int(x) for x in latent_shape]}, f)
+        paths.append(path)
+    k = int(config.data.get("token_pca", 0) or 0)
+    if k <= 0:
+        return paths
+    from tta_jax.codecs import token_pca
+
+    path = os.path.join(d, TOKEN_PCA_ASSET)
+    if not os.path.exists(path):
+        _check_data_dir(config, config.data.precomputed_dir)
+        pca = token_pca.load_or_fit(config.data.precomputed_dir, int(config.data.patch_frames), k)
+        token_pca.save(pca, path)
+    return paths + [path]
+
+
+def trained_latent_frames(workdir: str | None) -> int | None:
+    """The latent length (frames) the run in ``workdir`` trained on (``assets/latent.json``), or None."""
+    path = os.path.join(workdir, ASSETS, LATENT_ASSET) if workdir else None
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return int(json.load(f)["latent_shape"][-2])
+
+
+# ------------------------------------------------------------------------------ Wiener preconditioning
+def precondition_var_of(config, pca=None, workdir: str | None = None):
     """Per-channel data variance for ``config.diffusion.precondition = "wiener"`` (else None): the token PCA's
     channel variances [k] when the config names one (``pca``, or :func:`token_pca_of`), else the scalar
     ``diffusion.sigma_data ** 2``. The preconditioned denoiser predicts x0, so it needs
@@ -207,7 +297,7 @@ def precondition_var_of(config, pca=None):
     if d.prediction_type != "sample":
         raise ValueError(f"config key 'diffusion.precondition' = 'wiener' wraps an x0-predicting denoiser; it "
                          f"needs diffusion.prediction_type = 'sample', got {d.prediction_type!r}")
-    pca = token_pca_of(config) if pca is None else pca
+    pca = token_pca_of(config, workdir) if pca is None else pca
     if pca is not None:
         return jnp.asarray(pca.variances)
     if not float(d.sigma_data) > 0.0:
@@ -216,8 +306,8 @@ def precondition_var_of(config, pca=None):
 
 
 def preconditioned(net_fn: Callable, schedule: D.DiffusionSchedule, data_var) -> Callable:
-    """``net_fn(x [B, T, C], t [B], cond) -> out`` -> the same signature returning the Wiener-preconditioned x0
-    estimate (:func:`tta_jax.diffusion.objectives.precondition_x0`); identity when ``data_var`` is None. The
+    """``net_fn(x [B, ..., C], t [B], cond) -> out`` -> the same signature returning the Wiener-preconditioned
+    x0 estimate (:func:`tta_jax.diffusion.objectives.precondition_x0`); identity when ``data_var`` is None. The
     clean latent of EzAudio's masked-diffusion input (``cond["masked_latent"]``) is scaled by ``1/sqrt(data_var)``
     too, so everything the network reads has unit variance per channel."""
     if data_var is None:
@@ -236,7 +326,7 @@ def precondition_loss_weight(schedule: D.DiffusionSchedule, data_var, power: flo
     """Loss weights of a Wiener-preconditioned denoiser (``diffusion.precondition_loss_power`` p): the x0 error
     times ``c_out^(-2p)``. p = 0 is the plain x0 loss, which weighs each channel by its posterior variance (at
     high t the loud channels dominate); p = 1 is EDM's: the network's own output error, every channel and t
-    alike. -> ``(t [B], x0 [B, T, C]) -> [B, 1, C]`` weights, or None for p = 0 or no preconditioning."""
+    alike. -> ``(t [B], x0 [B, ..., C]) -> [B, 1.., C]`` weights, or None for p = 0 or no preconditioning."""
     if not 0.0 <= power <= 1.0:
         raise ValueError(f"config key 'diffusion.precondition_loss_power' = {power} must be in [0, 1]")
     if power != 0.0 and data_var is None:
@@ -253,34 +343,40 @@ def precondition_loss_weight(schedule: D.DiffusionSchedule, data_var, power: flo
     return weight
 
 
-def make_loss_fn(model: DiT, config, pca=None):
-    """-> ``loss_fn(params, batch, rng) -> (loss, metrics)`` for the trainer (pure). ``pca``: the token PCA
-    the denoiser works in; by default the one ``config.data.token_pca`` names (:func:`token_pca_of`)."""
+# ------------------------------------------------------------------------------ the training objective
+def make_loss_fn(denoiser: Denoiser, config, pca=None):
+    """-> ``loss_fn(params, batch, rng) -> (loss, metrics)`` for the trainer (pure), for any denoiser and
+    latent layout. ``pca``: the token PCA the denoiser works in; by default the one ``config.data.token_pca``
+    names (:func:`token_pca_of`). The ``cond`` keys come from :func:`cond_keys_of`."""
+    check_latent_space(config, denoiser)
     pca = token_pca_of(config) if pca is None else pca
     schedule = schedule_of(config)
     d = config.diffusion
     flow_time = dict(sampler=d.flow_time_sampler, shift=d.flow_shift)
+    keys = cond_keys_of(config, denoiser)
 
     data_var = precondition_var_of(config, pca)
     error_weight = precondition_loss_weight(schedule, data_var, float(d.get("precondition_loss_power", 0.0)))
 
     def apply_fn(params, x_t, t, cond, rng):
         def net(x, t_, c):
-            return model.apply({"params": params}, x, t_, c, train=True, rngs={"dropout": rng})
+            return denoiser.apply(params, x, t_, c, train=True, rngs={"dropout": rng})
 
         return preconditioned(net, schedule, data_var)(x_t, t, cond)
 
     p = int(config.data.patch_frames)
-    if pca is not None and (model.config.in_channels, model.config.out_channels) != (pca.k, pca.k):
-        raise ValueError(f"config.model.in_channels/out_channels = {model.config.in_channels}/"
-                         f"{model.config.out_channels}, but config.data.token_pca={pca.k} gives {pca.k}-channel tokens")
+    if pca is not None and (denoiser.in_channels, denoiser.out_channels) != (pca.k, pca.k):
+        raise ValueError(f"config.model.in_channels/out_channels = {denoiser.in_channels}/"
+                         f"{denoiser.out_channels}, but config.data.token_pca={pca.k} gives {pca.k}-channel tokens")
 
     def loss_fn(params, batch, rng):
         batch = patch_batch(batch, p, pca)
         loss_mask = batch.get("latent_valid")
         if "mask" in batch:  # EzAudio: loss only on frames to generate
             loss_mask = batch["mask"] if loss_mask is None else loss_mask * batch["mask"]
-        b = {"latent": batch["latent"], "cond": cond_from_batch(batch), "loss_mask": loss_mask}
+        if loss_mask is not None and batch["latent"].ndim == 4:  # image latents: time is axis -2
+            loss_mask = loss_mask[:, None, :]
+        b = {"latent": batch["latent"], "cond": cond_from_batch(batch, keys), "loss_mask": loss_mask}
         return D.diffusion_loss(apply_fn, params, b, rng, schedule,
                                 min_snr_gamma=d.min_snr_gamma or None, min_snr_variant=d.min_snr_variant,
                                 flow_time=flow_time if d.prediction_type == "flow" else None,
@@ -289,15 +385,41 @@ def make_loss_fn(model: DiT, config, pca=None):
     return loss_fn
 
 
+# ------------------------------------------------------------------------------ sampling
+def _pad_to(x, length: int, value=0):
+    pad = length - x.shape[1]
+    if pad <= 0:
+        return x
+    return jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2), constant_values=value)
+
+
+def pad_context_pairs(cond: dict, uncond: dict) -> tuple[dict, dict]:
+    """One batched CFG call needs equal context lengths in both branches: every sequence context present in
+    both (``text`` [B, L, D] with ``text_mask`` [B, L], likewise ``acoustic`` + ``acoustic_mask``, ...) is padded
+    to the longer length with zeros that its mask switches off (mask False past L)."""
+    cond, uncond = dict(cond), dict(uncond)
+    for key in [k for k in cond if f"{k}_mask" in cond and k in uncond and f"{k}_mask" in uncond]:
+        mk = f"{key}_mask"
+        length = max(cond[key].shape[1], uncond[key].shape[1])
+        for c in (cond, uncond):
+            c[key] = _pad_to(jnp.asarray(c[key]), length)
+            c[mk] = _pad_to(jnp.asarray(c[mk]).astype(bool), length, False)
+    return cond, uncond
+
+
 @dataclasses.dataclass
 class Generator:
-    """Jitted text-conditioned sampling for a latent-sequence denoiser.
+    """Jitted conditional sampling for any :class:`Denoiser` (sequence or image latents).
 
-    ``generate(params, text, text_mask, null_text, null_mask, key, num_frames)`` -> latents
-    [B, num_frames, C]. The sampler loop and CFG live inside one jit per (batch, frames) shape.
+    ``generate(params, cond, uncond, key, shape)`` -> latents [B, *shape] in the denoiser's space.
+    ``cond``: the conditioned branch (batch B); ``uncond``: the keys CFG replaces in the unconditioned branch
+    (e.g. the empty prompt's ``text``/``text_mask``, batch 1 or B); every other key of ``cond`` (EzAudio's
+    ``mask``/``masked_latent``, a style or reference that is kept) is shared by both branches. The sampler
+    loop and CFG are one jit per (batch, shape). With ``mask`` (1 = generate; per frame [B, T] or full
+    resolution) and ``masked_latent`` the frames not generated are pasted back exactly.
     """
 
-    model: DiT
+    denoiser: Denoiser
     schedule: D.DiffusionSchedule
     sampler: D.SamplerConfig
     guidance_scale: float = 3.0
@@ -306,157 +428,188 @@ class Generator:
     data_var: Any = None   # per-channel data variance of a Wiener-preconditioned denoiser (precondition_var_of)
 
     def __post_init__(self):
-        self._jitted = jax.jit(self._generate, static_argnames=("num_frames",))
+        self._jitted = jax.jit(self._generate, static_argnames=("shape",))
 
-    def _generate(self, params, text, text_mask, null_text, null_mask, key, num_frames: int,
-                  masked_latent=None, mask=None):
-        b = text.shape[0]
-        c = self.model.config.out_channels
+    def _generate(self, params, cond, uncond, key, shape: tuple, masked_latent=None, mask=None):
+        b = jax.tree_util.tree_leaves(cond)[0].shape[0]
         k_init, k_loop = jax.random.split(key)
-        x_T = jax.random.normal(k_init, (b, num_frames, c), jnp.float32)
-        cond = {"text": text, "text_mask": text_mask}
-        uncond = {"text": null_text, "text_mask": null_mask}
-        if mask is not None:  # editing / inpainting: same clean latent and mask in both branches
-            cond.update(mask=mask, masked_latent=masked_latent)
-            uncond.update(mask=mask, masked_latent=masked_latent)
+        x_T = jax.random.normal(k_init, (b,) + tuple(shape), jnp.float32)
+        if mask is not None and "mask" in self.denoiser.cond_keys:  # EzAudio: the network sees the clean part
+            cond = dict(cond, mask=mask, masked_latent=masked_latent)
+        uncond = {**cond, **uncond}
 
         def net(x, t, cd):
-            return self.model.apply({"params": params}, x, t, cd, train=False)
+            return self.denoiser.apply(params, x, t, cd, train=False)
 
         model_fn = preconditioned(net, self.schedule, self.data_var)
-
         denoise = D.cfg_denoiser(model_fn, cond, uncond, scale=self.guidance_scale,
                                  rescale=self.guidance_rescale, mode=self.guidance_mode)
         x0 = D.sample(denoise, x_T, self.schedule, self.sampler, k_loop)
         if mask is not None:  # paste back the frames that were not to be generated
-            x0 = jnp.where(mask[..., None] > 0.5, x0, masked_latent)
+            x0 = jnp.where(time_mask_like(mask, x0) > 0.5, x0, masked_latent)
         return x0
 
-    def generate(self, params, text, text_mask, null_text, null_mask, key, num_frames: int,
+    def generate(self, params, cond: Mapping[str, Any], uncond: Mapping[str, Any], key, shape: Sequence[int], *,
                  masked_latent=None, mask=None):
-        b = text.shape[0]
-        text, text_mask = jnp.asarray(text), jnp.asarray(text_mask)
-        null_text = jnp.broadcast_to(null_text, (b,) + tuple(null_text.shape[-2:]))
-        null_mask = jnp.broadcast_to(null_mask, (b,) + tuple(null_mask.shape[-1:]))
-        # one batched CFG call needs equal lengths: pad the shorter context with masked-out zeros
-        length = max(text.shape[1], null_text.shape[1])
-        text, text_mask = _pad_context(text, text_mask, length)
-        null_text, null_mask = _pad_context(null_text, null_mask, length)
-        return self._jitted(params, text, text_mask, null_text, null_mask, key,
-                            num_frames=num_frames, masked_latent=masked_latent, mask=mask)
+        cond = {k: v if k == "refs" else jnp.asarray(v) for k, v in cond.items()}
+        b = jax.tree_util.tree_leaves(cond)[0].shape[0]
+        uncond = {k: v if k == "refs" else jnp.broadcast_to(jnp.asarray(v), (b,) + tuple(np.shape(v)[1:]))
+                  for k, v in uncond.items()}
+        cond, uncond = pad_context_pairs(cond, uncond)
+        if mask is not None:
+            mask, masked_latent = jnp.asarray(mask, jnp.float32), jnp.asarray(masked_latent, jnp.float32)
+        return self._jitted(params, cond, uncond, key, shape=tuple(int(s) for s in shape),
+                            masked_latent=masked_latent, mask=mask)
 
 
-def _pad_context(states, mask, length: int):
-    """[B, L, D], [B, L] -> [B, length, D], [B, length] (zeros, mask False past L)."""
-    pad = length - states.shape[1]
-    if pad <= 0:
-        return states, mask
-    return (jnp.pad(states, ((0, 0), (0, pad), (0, 0))),
-            jnp.pad(mask.astype(bool), ((0, 0), (0, pad)), constant_values=False))
-
-
-def generator_from_config(model: DiT, config, **sampler_overrides) -> Generator:
+def generator_from_config(denoiser: Denoiser, config, workdir: str | None = None, **sampler_overrides) -> Generator:
     s = config.sampler
-    return Generator(model=model, schedule=schedule_of(config), sampler=sampler_of(config, **sampler_overrides),
+    return Generator(denoiser=denoiser, schedule=schedule_of(config), sampler=sampler_of(config, **sampler_overrides),
                      guidance_scale=s.guidance_scale, guidance_rescale=s.guidance_rescale,
-                     guidance_mode=s.guidance_mode, data_var=precondition_var_of(config))
+                     guidance_mode=s.guidance_mode, data_var=precondition_var_of(config, workdir=workdir))
 
 
-def init_params(model: DiT, rng, num_frames: int, context_len: int):
-    """Boxed (logically partitioned) params for a [1, num_frames, C] input and a context of context_len."""
-    c = model.config
-    x = jnp.zeros((1, num_frames, c.in_channels))
-    cond = {}
-    if c.context_dim:
-        cond = {"text": jnp.zeros((1, context_len, c.context_dim)), "text_mask": jnp.ones((1, context_len), bool)}
-    if c.use_mask_input:
-        cond.update(mask=jnp.ones((1, num_frames)), masked_latent=x)
-    return model.init({"params": rng}, x, jnp.zeros((1,), jnp.int32), cond)["params"]
+def model_latent_shape(config, denoiser: Denoiser, latent_shape: Sequence[int], pca=None) -> tuple[int, ...]:
+    """One example's codec latent shape ([T, C] or [H, T, C]) -> the denoiser's input shape (sequences:
+    ``[T/p, p*C]`` or ``[T/p, k]`` with a token PCA; images unchanged)."""
+    latent_shape = tuple(int(s) for s in latent_shape)
+    denoiser.check_latent_shape(latent_shape)
+    if denoiser.layout == IMAGE:
+        return latent_shape
+    p = int(config.data.patch_frames)
+    t, c = latent_shape
+    return (t // p, pca.k if pca is not None else p * c)
+
+
+def example_text_cond(shapes: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A manifest's ``shapes`` -> zero text features of one example, by cond key (``txt:text:0`` [L, D] ->
+    ``text:0`` [1, L, D]; masks bool) for :meth:`Denoiser.init`."""
+    out = {}
+    for k, v in shapes.items():
+        if k.startswith("txt:"):
+            name = k[4:]
+            out[name] = np.zeros((1,) + tuple(v[0]), bool if "mask" in name else np.float32)
+    return out
 
 
 def build_task(config, mesh):
     """Trainer builder (``config.builder = "tta_jax.pipelines.tta:build_task"``): grain loader over
-    ``config.data.precomputed_dir``, the DiT from ``config.model`` and the configured objective."""
-    from data_pipeline.loader import LoaderConfig, make_dataset, read_manifest
+    ``config.data.precomputed_dir``, the denoiser from ``config.model`` (any family) and the configured
+    objective. The task saves the sampling assets (:func:`save_assets`) into the workdir."""
+    from tta_jax.data.loader import LoaderConfig, make_dataset, read_manifest
     from tta_jax.train.loop import Task
 
     data_dir = config.data.precomputed_dir
     if not data_dir:
-        raise ValueError("config.data.precomputed_dir is empty: run launch.precompute first and point to it")
+        raise ConfigError("config.data.precomputed_dir is empty: run launch.precompute first and point to it")
     manifest = read_manifest(data_dir)
     check_precomputed(config, manifest, data_dir)  # before anything is built from data of another codec
     shapes = manifest.get("shapes", {})
-    model = DiT(dit_config_from(config))
+    den = denoiser_of(config)
+    check_latent_space(config, den)
     nproc = jax.process_count()
     lcfg = LoaderConfig.from_experiment(config.data, config.train.batch_size // nproc, config.seed,
                                         caption_dropout=config.diffusion.cond_drop_prob)
-    frames = (lcfg.crop_frames or shapes["latent"][0][0]) // int(config.data.patch_frames)
+    latent = list(shapes["latent"][0])
+    den.check_latent_shape(tuple(latent), f"{data_dir}/manifest.json 'latent'")
+    if lcfg.crop_frames:
+        latent[-2] = lcfg.crop_frames
     text_len = shapes["txt:text"][0][0] if "txt:text" in shapes else 1
+    example = example_text_cond(shapes)
     train_iter = iter(make_dataset(data_dir, lcfg))
     pca = token_pca_of(config)
-    return Task(init_fn=lambda rng: init_params(model, rng, frames, text_len),
-                loss_fn=make_loss_fn(model, config, pca), train_iter=train_iter)
+    shape = model_latent_shape(config, den, latent, pca)
+    return Task(init_fn=lambda rng: den.init(rng, shape, text_len, example), loss_fn=make_loss_fn(den, config, pca),
+                train_iter=train_iter, save_assets=lambda workdir: save_assets(config, workdir, latent))
 
 
 # --------------------------------------------------------------------------------------------------
 # End-to-end sampling: prompts -> text states -> latents -> audio
 # --------------------------------------------------------------------------------------------------
-def text_encoder_from_config(config):
-    """``config.text`` -> callable ``texts -> (states [B, L, D], mask [B, L])``."""
-    name = config.text.get("name", "minilm")
-    if name == "minilm":
-        from tta_jax.text.bert import BertTextEncoder
-
-        return BertTextEncoder.minilm(max_length=int(config.text.get("max_len", 32)))
-    raise ValueError(f"config.text.name={name!r}: only 'minilm' is wired into this pipeline")
+def text_conds(encode, prompts: Sequence[str]) -> tuple[dict, dict]:
+    """A registry text encoder's ``encode(texts) -> {"text": [B, L, D], "text_mask": [B, L]}`` -> the
+    conditioned branch for ``prompts`` and the unconditioned one (the empty prompt, batch 1)."""
+    cond = {k: jnp.asarray(v) for k, v in encode(list(prompts)).items()}
+    uncond = {k: jnp.asarray(v) for k, v in encode([""]).items()}
+    return cond, uncond
 
 
-def codec_from_config(config):
-    """``config.codec`` -> a codec with ``decode(params, latent)``, ``params`` and ``sample_rate``."""
-    name = config.codec.get("name", "mel")
-    if name == "mel":
-        from tta_jax.codecs.mel_codec import load_pretrained_mel_codec
+def check_params(denoiser: Denoiser, params, shape: Sequence[int], context_len: int, where: str,
+                 example_cond: Mapping[str, Any] | None = None) -> None:
+    """Raises ConfigError naming the first parameter whose path or shape differs between ``params`` (loaded
+    from ``where``) and what ``config.model`` builds (evaluated abstractly; nothing is allocated).
+    ``example_cond``: as for :meth:`Denoiser.init`."""
+    from flax.core import meta
 
-        return load_pretrained_mel_codec()
-    raise ValueError(f"config.codec.name={name!r}: only 'mel' is wired into this pipeline")
+    from tta_jax.train.optim import path_str
+
+    want = jax.eval_shape(lambda r: meta.unbox(denoiser.init(r, tuple(shape), context_len, example_cond)),
+                          jax.random.PRNGKey(0))
+    flat_want = {path_str(p): tuple(v.shape) for p, v in jax.tree_util.tree_flatten_with_path(want)[0]}
+    flat_have = {path_str(p): tuple(np.shape(v))
+                 for p, v in jax.tree_util.tree_flatten_with_path(meta.unbox(params))[0]}
+    for name in sorted(set(flat_want) | set(flat_have)):
+        a, b = flat_have.get(name), flat_want.get(name)
+        if a != b:
+            what = ("is missing" if a is None else f"has shape {a}") + " in the checkpoint"
+            exp = "is not in" if b is None else f"has shape {b} in"
+            raise ConfigError(f"{where}: parameter {name!r} {what}, but {exp} the model config.model builds "
+                              f"({len(flat_have)} checkpoint / {len(flat_want)} model parameters): the config "
+                              f"does not match these params")
 
 
 def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, steps: int | None = None,
-                   guidance: float | None = None, rescale: float | None = None, num_frames: int | None = None):
-    """All prompts in one batched, jitted sampling call -> (latents [N, T, C], audio [N, S], codec)."""
+                   guidance: float | None = None, rescale: float | None = None, num_frames: int | None = None,
+                   workdir: str | None = None):
+    """All prompts in one batched, jitted sampling call -> (latents [N, T, C] or [N, H, T, C], audio [N, S],
+    codec). ``workdir``: the training run, whose ``assets/`` hold the token PCA (no training data needed)."""
     from flax.core import meta
 
-    p = int(config.data.patch_frames)
-    model = DiT(dit_config_from(config))
-    gen = generator_from_config(model, config, **({"num_steps": int(steps)} if steps else {}))
+    from tta_jax.codecs.registry import build_codec
+    from tta_jax.text.registry import build_text_encoder
+
+    den = denoiser_of(config)
+    check_latent_space(config, den)
+    codec = build_codec(config.codec)
+    frames = int(num_frames or config.data.crop_frames or trained_latent_frames(workdir) or 0)
+    if frames <= 0:
+        raise ConfigError("the sample length is unknown: config.data.crop_frames is 0 and the workdir has no "
+                          "assets/latent.json; pass num_frames")
+    pca = token_pca_of(config, workdir)
+    shape = model_latent_shape(config, den, codec.latent_shape(frames * codec.hop_length), pca)
+    text = build_text_encoder(config.text)
+    cond, uncond = text_conds(text.encode, prompts) if text is not None else ({}, {})
+    if not cond:  # an unconditional model: the batch size comes from the number of prompts alone
+        raise ConfigError("config.text.name is 'none': this system has no prompt to sample from")
+    params = meta.unbox(params)
+    context_len = int(cond["text"].shape[1]) if "text" in cond else 1
+    check_params(den, params, shape, context_len, workdir or "params", uncond)
+    gen = generator_from_config(den, config, workdir, **({"num_steps": int(steps)} if steps else {}))
     if guidance is not None:
         gen.guidance_scale = float(guidance)
     if rescale is not None:
         gen.guidance_rescale = float(rescale)
-    enc = text_encoder_from_config(config)
-    text, mask = enc(list(prompts))
-    null, null_mask = enc([""])
-    frames = (num_frames or config.data.crop_frames) // p
-    lat = gen.generate(meta.unbox(params), text, mask, null, null_mask, jax.random.PRNGKey(seed),
-                       num_frames=frames)
-    pca = token_pca_of(config)
-    if pca is not None:
-        lat = pca.decode(lat)
-    lat = unpatchify(lat, p)
-    codec = codec_from_config(config)
-    audio = jax.jit(codec.decode)(codec.params, lat)
+    lat = gen.generate(params, cond, uncond, jax.random.PRNGKey(seed), shape)
+    if den.layout != IMAGE:
+        if pca is not None:
+            lat = pca.decode(lat)
+        lat = unpatchify(lat, int(config.data.patch_frames))
+    audio = codec.decode(lat)
     return np.asarray(lat), np.asarray(audio), codec
 
 
 def save_spectrogram_png(path: str, spec: np.ndarray, title: str = "") -> None:
-    """Writes a [T, F] (log-)spectrogram as a PNG, low frequencies at the bottom."""
+    """Writes a [T, F] (log-)spectrogram or latent as a PNG, low frequencies at the bottom. An image latent
+    [H, T, C] shows its first channel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    spec = np.asarray(spec)
+    img = spec[..., 0] if spec.ndim == 3 else spec.T
     fig, ax = plt.subplots(figsize=(6, 2.4))
-    ax.imshow(np.asarray(spec).T, origin="lower", aspect="auto", cmap="magma")
+    ax.imshow(img, origin="lower", aspect="auto", cmap="magma")
     ax.set_title(title[:60], fontsize=8)
     ax.axis("off")
     fig.tight_layout()
@@ -468,14 +621,13 @@ def file_stem(i: int, prompt: str) -> str:
     return f"{i:02d}_" + "".join(ch if ch.isalnum() else "_" for ch in prompt)[:48]
 
 
-def sample_pipeline(config, params, prompts, out_dir, *, seed=0, steps=None, guidance=None, rescale=None):
+def sample_pipeline(config, params, prompts, out_dir, *, seed=0, steps=None, guidance=None, rescale=None,
+                    workdir=None):
     """``config.sample_pipeline`` entry for launch/sample.py: a WAV and a spectrogram PNG per prompt."""
-    import os
-
     import soundfile as sf
 
     lat, audio, codec = generate_audio(config, params, prompts, seed=seed, steps=steps, guidance=guidance,
-                                       rescale=rescale)
+                                       rescale=rescale, workdir=workdir)
     paths = []
     for i, (prompt, a, z) in enumerate(zip(prompts, audio, lat)):
         stem = os.path.join(out_dir, file_stem(i, prompt))
