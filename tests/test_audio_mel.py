@@ -72,6 +72,9 @@ def test_frame_counts_per_convention():
 def test_presets():
     assert M.HIFIGAN_22K.sample_rate == 22050 and M.HIFIGAN_22K.hop_length == 256 and M.HIFIGAN_22K.n_mels == 80
     assert M.AUFFUSION.n_fft == 2048 and M.AUFFUSION.win_length == 1024 and M.AUFFUSION.n_mels == 256
+    assert (M.AUFFUSION.sample_rate, M.AUFFUSION.hop_length, M.AUFFUSION.fmin, M.AUFFUSION.fmax,
+            M.AUFFUSION.padding) == (16000, 160, 0.0, 8000.0, "hifigan")  # Auffusion converter.py's call
+    assert M.AUFFUSION.num_frames(16000 * 10) == 1000                      # 10 s -> 1000 frames
     assert M.TANGO.padding == "tacotron" and M.AUDIOLDM.padding == "hifigan"
     with pytest.raises(ValueError, match="padding"):
         M.MelConfig(padding="centre")

@@ -88,3 +88,69 @@ def test_pretrained_universal_round_trip():
     print(f"round-trip log-mel L1 {l1:.3f}; silence {l1_silence:.3f}")
     assert l1 <= 0.35, l1
     assert l1_silence > 3.0, l1_silence
+
+
+# ---- mel-image codec: decoded length ------------------------------------------------------------------------
+def _mel_image_codec(mel, image, vae_name, voc_cfg, params=None):
+    import dataclasses
+
+    from tta_jax.codecs import kl_vae
+    from tta_jax.codecs.mel_image import MelImageCodec, MelImageConfig
+
+    cfg = MelImageConfig(mel=mel, image=image, vae=kl_vae.get_config(vae_name),
+                         vocoder=dataclasses.replace(voc_cfg, num_mels=mel.n_mels))
+    return MelImageCodec(cfg, params or {})
+
+
+@pytest.mark.parametrize("preset", ["auffusion_16k", "audioldm_16k", "tiny"])
+def test_mel_image_decode_gives_hop_times_frames_for_registry_vocoders(preset):
+    """Every vocoder preset of the codec registry (full size, shapes only) decodes T latent frames to
+    exactly T * hop_length samples (AudioLDM's generator makes 160 * frames + 32; the codec crops)."""
+    from tta_jax.codecs import kl_vae
+    from tta_jax.codecs.registry import _vocoder_presets
+    from tta_jax.vocoders.hifigan import HiFiGANGenerator
+
+    voc = _vocoder_presets()[preset]
+    mel, image, vae = ((M.AUFFUSION, "auffusion", "sd_tiny") if preset == "auffusion_16k"
+                       else (M.AUDIOLDM, "audioldm", "audioldm_tiny"))
+    codec = _mel_image_codec(mel, image, vae, voc)
+    cfg = codec.config
+    params = {"vae": kl_vae.abstract_params(cfg.vae),
+              "vocoder": jax.eval_shape(lambda: HiFiGANGenerator(cfg.vocoder).init_params(jax.random.PRNGKey(0)))}
+    t = 5
+    latent = jax.ShapeDtypeStruct((1, cfg.latent_height, t, cfg.vae.latent_channels), np.float32)
+    out = jax.eval_shape(codec._decode_impl, params, latent)
+    assert out.shape == (1, t * cfg.hop_length) == (1, t * cfg.factor * 160)
+    assert cfg.vocoder.output_length(t * cfg.factor) >= t * cfg.hop_length
+
+
+def test_mel_image_decode_crops_the_vocoder_tail():
+    """A jik876-padded vocoder with odd kernel - rate makes extra samples; decode keeps the first
+    frames * hop of them (as the AudioLDM pipelines crop), unchanged."""
+    from tta_jax.codecs import kl_vae
+    from tta_jax.codecs.mel_image import vae_image_to_mel
+    from tta_jax.vocoders.hifigan import HiFiGANGenerator
+
+    voc = HiFiGANConfig(num_mels=16, upsample_rates=(5, 4), upsample_kernel_sizes=(16, 8), upsample_initial_channel=8,
+                        resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),), sampling_rate=16000)
+    mel = M.MelConfig(16000, 64, 64, 20, 16, 0.0, 8000.0, "hifigan")
+    assert voc.output_length(8) == 8 * 20 + 4
+    rng = np.random.default_rng(0)
+    abstract = {"vae": kl_vae.abstract_params(kl_vae.get_config("audioldm_tiny")),
+                "vocoder": jax.eval_shape(lambda: HiFiGANGenerator(voc).init_params(jax.random.PRNGKey(0)))}
+    params = jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(np.float32), abstract)  # no init
+    codec = _mel_image_codec(mel, "audioldm", "audioldm_tiny", voc, params)
+    z = rng.standard_normal((1, 4, 2, 8)).astype(np.float32)           # [B, n_mels / 4, T, C]
+    y = np.asarray(codec.decode(z))
+    assert y.shape == (1, 2 * codec.config.hop_length) == (1, 160)
+    vae = codec.vae
+
+    @jax.jit
+    def uncropped(p, z):
+        img = vae.apply({"params": p["vae"]}, vae.apply({"params": p["vae"]}, jax.numpy.swapaxes(z, 1, 2),
+                                                        method="unscale_latents"), method="decode")
+        return HiFiGANGenerator(voc).apply({"params": p["vocoder"]}, vae_image_to_mel(img, "audioldm"))
+
+    full = np.asarray(uncropped(params, z))
+    assert full.shape == (1, 164) and np.std(full) > 0
+    np.testing.assert_allclose(y, full[:, :160], atol=1e-5)

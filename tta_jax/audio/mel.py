@@ -16,7 +16,9 @@ computed once in numpy) and ``log(clamp(mel, 1e-5))``.
 The DFT is a matmul against a precomputed real cos/sin basis (exact in float32 and fast on
 accelerators at these FFT sizes); ``use_fft=True`` switches to ``jnp.fft.rfft``.
 
-Also here: the Auffusion spectrogram <-> image mapping (:func:`mel_to_image`, :func:`image_to_mel`).
+Also here: the Auffusion spectrogram <-> image mapping (:func:`mel_to_image`, :func:`image_to_mel`) and
+its whole audio front end (:func:`auffusion_log_mel`: peak-normalise to 0.95, then the ``AUFFUSION`` log-mel,
+as ``get_mel_spectrogram_from_audio`` in Auffusion's ``converter.py``).
 """
 from __future__ import annotations
 
@@ -186,9 +188,35 @@ class MelSpectrogram:
         return self._fn(audio)
 
 
+def peak_normalize(audio: jax.Array, peak: float = 0.95) -> jax.Array:
+    """[B, T] -> [B, T] with max |x| = ``peak`` per row, as ``librosa.util.normalize(x) * peak``; rows whose
+    peak is below the smallest normal float32 (silence) are left as they are."""
+    audio = jnp.asarray(audio, jnp.float32)
+    m = jnp.max(jnp.abs(audio), axis=-1, keepdims=True)
+    tiny = float(np.finfo(np.float32).tiny)
+    return jnp.where(m >= tiny, audio / jnp.where(m >= tiny, m, 1.0), audio) * peak
+
+
 # Auffusion spectrogram <-> image ----------------------------------------------------------------------
 AUFFUSION_LOG_MIN = math.log(1e-5)
 AUFFUSION_LOG_MAX = math.log(200.0)
+AUFFUSION_PEAK = 0.95
+
+
+def auffusion_log_mel(audio: jax.Array, cfg: MelConfig = AUFFUSION, *, peak: float | None = AUFFUSION_PEAK,
+                      use_fft: bool = False) -> jax.Array:
+    """Auffusion's audio front end: [B, T] in [-1, 1] -> log-mel [B, T // hop, n_mels].
+
+    Each row is peak-normalised to ``peak`` (None skips it: the data pipeline's
+    ``AudioConfig.normalize = 0.95`` already did it), then :func:`log_mel_spectrogram` with ``cfg``
+    (:data:`AUFFUSION`: 16 kHz, n_fft 2048, Hann 1024, hop 160, 256 Slaney mels up to 8 kHz, reflect padding
+    (n_fft - hop) / 2 and ``center=False``, ``sqrt(re^2 + im^2 + 1e-9)``, ``log(max(x, 1e-5))``).
+    :func:`mel_to_image` makes the VAE's image of it.
+    """
+    audio = jnp.asarray(audio, jnp.float32)
+    if peak is not None:
+        audio = peak_normalize(audio, peak)
+    return log_mel_spectrogram(audio, cfg, use_fft=use_fft)
 
 
 def mel_to_image(log_mel: jax.Array, *, log_min: float = AUFFUSION_LOG_MIN,

