@@ -109,7 +109,7 @@ def test_invalid_config_leaves_no_config_json(tmp_path):
 
 
 # --- f. --help --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("module", ["train", "sample", "precompute", "convert"])
+@pytest.mark.parametrize("module", ["train", "sample", "precompute", "convert", "edit"])
 def test_help_exits_zero(module):
     res = _run(module, "--help")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -117,6 +117,12 @@ def test_help_exits_zero(module):
 
 
 # --- flag errors and real bugs ----------------------------------------------------------------------
+def test_edit_errors_are_one_line(tmp_path):
+    err = _one_line_error(_run("edit", "--workdir", tmp_path / "nothing", "--out", tmp_path / "o", "attnmap",
+                               "--prompt", "x"))
+    assert err.startswith("error: no training run in "), err
+
+
 def test_flag_errors_are_one_line(tmp_path):
     _one_line_error(_run("train", "--config", TOY), "--workdir is required (--help for usage)")
     assert "'wrokdir'" in _one_line_error(_run("train", "--config", TOY, "--wrokdir", tmp_path))

@@ -22,8 +22,9 @@ with ``upsample_size``).
   a tuple (features, mask [B, L_s])): per-scale reference
   features appended as an extra cross-attention context in that decoder block (DreamAudio MRC);
   :meth:`UNet.encode` + :func:`refs_from_encoder_features` produce them from a reference U-Net.
-- ``control``: an :class:`tta_jax.nn.attention.AttentionControl` forwarded to every text
-  cross-attention (``attn2``): attention-map capture / token re-weighting (prompt-to-prompt).
+- ``attn_control`` (as for the DiT; alias ``control``): an :class:`tta_jax.nn.attention.AttentionControl`
+  forwarded to every text cross-attention (``attn2``): attention-map capture / token re-weighting /
+  probability replacement (prompt-to-prompt).
 
 Time/class conditioning of the ResNets (``resnet_time_scale_shift``):
 
@@ -626,7 +627,7 @@ class UNet(nn.Module):
         temb, fused = self._embeddings(t, cond, B)
         block_temb = fused if self.resnet_time_scale_shift != "default_ada" else temb
         text, text_mask, extra, ref_ctx = self._contexts(cond, B)
-        control = cond.get("control")
+        control = cond.get("attn_control", cond.get("control"))
         h = self.conv_in(x.astype(self.dtype))
         skips = [h]
         feats = []

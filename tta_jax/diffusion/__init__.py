@@ -12,7 +12,8 @@ from tta_jax.diffusion.guidance import (GUIDANCE_MODES, cfg_denoiser, combine, c
 from tta_jax.diffusion.objectives import (add_noise, diffusion_loss, flow_interpolate, flow_velocity,
                                           masked_mean, min_snr_weight, precondition_x0, predict_x0_eps, target,
                                           velocity, wiener_coefficients)
-from tta_jax.diffusion.samplers import SAMPLERS, SamplerConfig, model_calls, sample
+from tta_jax.diffusion.samplers import (SAMPLERS, SamplerConfig, is_stochastic, model_calls, model_time,
+                                        noise_to_level, sample, start_step_for_strength, step_levels)
 from tta_jax.diffusion.schedules import (DiffusionSchedule, flow_sigmas, make_betas, make_schedule,
                                          rescale_zero_terminal_snr, sample_flow_time, schedule_from_config,
                                          shift_sigmas, spaced_timesteps)

@@ -20,6 +20,14 @@ Hooks shared by all samplers:
 - ``post_step(x, i, level) -> x``: applied after step i; ``level`` is the noise level x now has
   (the next DDPM timestep, -1 when clean; or the next sigma for flows). Inpainting/repaint uses it.
 - ``return_trajectory``: also return the stacked states after every step [S, *x.shape].
+- ``start_step`` k (SDEdit / img2img): skip the first k steps of the sampler's own timestep grid and start
+  from ``x_T`` already at the noise level of step k (:func:`step_levels` ``[0]``; build it with
+  :func:`noise_to_level`); multistep solvers restart at first order there, as diffusers does. The
+  trajectory (and ``noises``) then has S - k rows (PNDM: S + 1 - k; its first row restarts PLMS).
+
+Editing helpers: :func:`step_levels` (the noise level of the model input of every scan row, in the
+``post_step`` convention), :func:`noise_to_level` (q(x_level | x0) for either convention),
+:func:`model_time` (what the model is fed for a level) and :func:`start_step_for_strength`.
 """
 from __future__ import annotations
 
@@ -99,6 +107,13 @@ def _identity_post(x, i, level):
     return x
 
 
+def _check_start(cfg: SamplerConfig, start_step: int) -> int:
+    k = int(start_step)
+    if not 0 <= k < cfg.num_steps:
+        raise ValueError(f"start_step must be in [0, num_steps={cfg.num_steps}), got {start_step}")
+    return k
+
+
 def _finish(x, traj, return_trajectory):
     return (x, traj) if return_trajectory else x
 
@@ -106,21 +121,22 @@ def _finish(x, traj, return_trajectory):
 # --------------------------------------------------------------------------------------------------
 # DDPM ancestral
 # --------------------------------------------------------------------------------------------------
-def ddpm_tables(schedule: DiffusionSchedule, cfg: SamplerConfig):
+def ddpm_tables(schedule: DiffusionSchedule, cfg: SamplerConfig, start_step: int = 0):
     ac = _np_ac(schedule)
     ts = spaced_timesteps(cfg.num_steps, cfg.spacing, num_train_timesteps=schedule.num_train_timesteps,
                           steps_offset=cfg.steps_offset)
     prev = np.concatenate([ts[1:], [-1]])
     a_t = ac[ts]
     a_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], np.float32(1.0)).astype(np.float32)
-    return ts, prev, a_t, a_prev
+    k = _check_start(cfg, start_step)
+    return ts[k:], prev[k:], a_t[k:], a_prev[k:]
 
 
 def ddpm_sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSchedule, cfg: SamplerConfig,
                 key: jax.Array | None = None, *, noises=None, post_step: PostStep | None = None,
-                return_trajectory: bool = False):
+                return_trajectory: bool = False, start_step: int = 0):
     """Ancestral DDPM sampling with the "fixed_small" variance (diffusers DDPMScheduler)."""
-    ts, prev, a_t, a_prev = ddpm_tables(schedule, cfg)
+    ts, prev, a_t, a_prev = ddpm_tables(schedule, cfg, start_step)
     noises = _draw_noises(key, noises, len(ts), x_T)
     post = post_step or _identity_post
     pt = schedule.prediction_type
@@ -149,7 +165,7 @@ def ddpm_sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSchedu
 # --------------------------------------------------------------------------------------------------
 # DDIM
 # --------------------------------------------------------------------------------------------------
-def ddim_tables(schedule: DiffusionSchedule, cfg: SamplerConfig):
+def ddim_tables(schedule: DiffusionSchedule, cfg: SamplerConfig, start_step: int = 0):
     ac = _np_ac(schedule)
     n = schedule.num_train_timesteps
     ts = spaced_timesteps(cfg.num_steps, cfg.spacing, num_train_timesteps=n, steps_offset=cfg.steps_offset)
@@ -157,14 +173,15 @@ def ddim_tables(schedule: DiffusionSchedule, cfg: SamplerConfig):
     final = np.float32(1.0) if cfg.set_alpha_to_one else ac[0]
     a_t = ac[ts]
     a_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], final).astype(np.float32)
-    return ts, prev, a_t, a_prev
+    k = _check_start(cfg, start_step)
+    return ts[k:], prev[k:], a_t[k:], a_prev[k:]
 
 
 def ddim_sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSchedule, cfg: SamplerConfig,
                 key: jax.Array | None = None, *, noises=None, post_step: PostStep | None = None,
-                return_trajectory: bool = False):
+                return_trajectory: bool = False, start_step: int = 0):
     """DDIM (Song et al.) with stochasticity ``eta`` (diffusers DDIMScheduler; eta=1 is EzAudio's default)."""
-    ts, prev, a_t, a_prev = ddim_tables(schedule, cfg)
+    ts, prev, a_t, a_prev = ddim_tables(schedule, cfg, start_step)
     if cfg.eta > 0:
         noises = _draw_noises(key, noises, len(ts), x_T)
     else:
@@ -203,15 +220,16 @@ _PLMS_WEIGHTS = {1: (1.0, 0.0, 0.0, 0.0), 2: (1.5, -0.5, 0.0, 0.0),
                  3: (23 / 12, -16 / 12, 5 / 12, 0.0), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-def pndm_tables(schedule: DiffusionSchedule, cfg: SamplerConfig):
-    """Per model call: (t_model, t_from, t_to, weights[4], use_cur, store, set_cur); S + 1 calls."""
+def pndm_tables(schedule: DiffusionSchedule, cfg: SamplerConfig, start_step: int = 0):
+    """Per model call: (t_model, t_from, t_to, weights[4], use_cur, store, set_cur); S + 1 calls (S + 1 - k
+    from ``start_step`` k: PLMS restarts on the grid below the k largest timesteps)."""
     ac = _np_ac(schedule)
     n, s = schedule.num_train_timesteps, cfg.num_steps
     if cfg.spacing == "leading":
         base = (np.arange(0, s) * (n // s)).round() + cfg.steps_offset
     else:  # diffusers' PNDM builds ascending lists for the other spacings
         base = spaced_timesteps(s, cfg.spacing, num_train_timesteps=n, steps_offset=cfg.steps_offset)[::-1]
-    base = base.astype(np.int64)
+    base = base.astype(np.int64)[:s - _check_start(cfg, start_step)]
     ts = np.concatenate([base[:-1], base[-2:-1], base[-1:]])[::-1].copy()
     r = n // s
     rows = []
@@ -232,13 +250,13 @@ def pndm_tables(schedule: DiffusionSchedule, cfg: SamplerConfig):
 
 def pndm_sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSchedule, cfg: SamplerConfig,
                 key: jax.Array | None = None, *, noises=None, post_step: PostStep | None = None,
-                return_trajectory: bool = False):
+                return_trajectory: bool = False, start_step: int = 0):
     """PLMS (pseudo linear multistep) as diffusers' PNDMScheduler with skip_prk_steps=True.
 
     Uses S + 1 model calls for S steps (the second call redoes the first step with an averaged
     derivative, as the reference does). Supports epsilon and v_prediction.
     """
-    tb = pndm_tables(schedule, cfg)
+    tb = pndm_tables(schedule, cfg, start_step)
     pt = schedule.prediction_type
     if pt not in ("epsilon", "v_prediction"):
         raise ValueError(f"PNDM supports epsilon and v_prediction, not {pt!r}")
@@ -270,8 +288,9 @@ def pndm_sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSchedu
 # --------------------------------------------------------------------------------------------------
 # DPM-Solver++ (2M)
 # --------------------------------------------------------------------------------------------------
-def dpmpp_tables(schedule: DiffusionSchedule, cfg: SamplerConfig):
-    """Timesteps [S] and per-step coefficients for x_{i+1} = cx x + c0 D0 + c1 (D0 - D_prev)."""
+def dpmpp_tables(schedule: DiffusionSchedule, cfg: SamplerConfig, start_step: int = 0):
+    """Timesteps [S] and per-step coefficients for x_{i+1} = cx x + c0 D0 + c1 (D0 - D_prev). From
+    ``start_step`` k: rows k.., the first of them first order (no previous D0)."""
     ac = _np_ac(schedule)
     n, s = schedule.num_train_timesteps, cfg.num_steps
     if cfg.spacing == "linspace":
@@ -301,15 +320,18 @@ def dpmpp_tables(schedule: DiffusionSchedule, cfg: SamplerConfig):
             if not first_order:
                 r0 = (lam[i] - lam[i - 1]) / h
                 c1[i] = -0.5 * alpha[i + 1] * em1 / r0
-    return dict(ts=ts, alpha=alpha[:-1].astype(np.float32), sigma=sigma[:-1].astype(np.float32),
-                cx=cx.astype(np.float32), c0=c0.astype(np.float32), c1=c1.astype(np.float32))
+    k = _check_start(cfg, start_step)
+    c1[k] = 0.0  # a restart has no previous D0 (a no-op for k = 0)
+    out = dict(ts=ts, alpha=alpha[:-1].astype(np.float32), sigma=sigma[:-1].astype(np.float32),
+               cx=cx.astype(np.float32), c0=c0.astype(np.float32), c1=c1.astype(np.float32))
+    return {name: v[k:] for name, v in out.items()}
 
 
 def dpmpp_2m_sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSchedule, cfg: SamplerConfig,
                     key: jax.Array | None = None, *, noises=None, post_step: PostStep | None = None,
-                    return_trajectory: bool = False):
+                    return_trajectory: bool = False, start_step: int = 0):
     """DPM-Solver++(2M), midpoint form, first order on the first and last step (diffusers defaults)."""
-    tb = dpmpp_tables(schedule, cfg)
+    tb = dpmpp_tables(schedule, cfg, start_step)
     pt = schedule.prediction_type
     post = post_step or _identity_post
     t_next = np.concatenate([tb["ts"][1:], [-1]])
@@ -346,11 +368,11 @@ def _check_flow(schedule: DiffusionSchedule):
 
 def euler_sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSchedule, cfg: SamplerConfig,
                  key: jax.Array | None = None, *, noises=None, post_step: PostStep | None = None,
-                 return_trajectory: bool = False):
+                 return_trajectory: bool = False, start_step: int = 0):
     """Euler integration of the flow ODE from sigma=1 to 0 (FlowMatchEulerDiscreteScheduler)."""
     _check_flow(schedule)
     n = schedule.num_train_timesteps
-    sig = flow_sigmas(cfg.num_steps, shift=cfg.flow_shift, num_train_timesteps=n)
+    sig = flow_sigmas(cfg.num_steps, shift=cfg.flow_shift, num_train_timesteps=n)[_check_start(cfg, start_step):]
     post = post_step or _identity_post
 
     def step(x, xs):
@@ -359,21 +381,21 @@ def euler_sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSched
         x_new = post(x + (s_next - s) * v, i, s_next)
         return x_new, x_new
 
-    xs = (jnp.arange(cfg.num_steps), jnp.asarray(sig[:-1]), jnp.asarray(sig[1:]))
+    xs = (jnp.arange(len(sig) - 1), jnp.asarray(sig[:-1]), jnp.asarray(sig[1:]))
     x, traj = jax.lax.scan(step, x_T, xs)
     return _finish(x, traj, return_trajectory)
 
 
 def heun_sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSchedule, cfg: SamplerConfig,
                 key: jax.Array | None = None, *, noises=None, post_step: PostStep | None = None,
-                return_trajectory: bool = False):
+                return_trajectory: bool = False, start_step: int = 0):
     """Heun (trapezoidal predictor-corrector) on the flow ODE; the final step to sigma=0 is Euler.
 
     Uses 2S - 1 model calls for S steps. Second-order accurate.
     """
     _check_flow(schedule)
     n = schedule.num_train_timesteps
-    sig = flow_sigmas(cfg.num_steps, shift=cfg.flow_shift, num_train_timesteps=n)
+    sig = flow_sigmas(cfg.num_steps, shift=cfg.flow_shift, num_train_timesteps=n)[_check_start(cfg, start_step):]
     post = post_step or _identity_post
 
     def f(x, s):
@@ -387,7 +409,7 @@ def heun_sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSchedu
         x_new = post(x + (s_next - s) * 0.5 * (v1 + v2), i, s_next)
         return x_new, x_new
 
-    k = cfg.num_steps - 1
+    k = len(sig) - 2
     xs = (jnp.arange(k), jnp.asarray(sig[:k]), jnp.asarray(sig[1:k + 1]))
     x, traj = jax.lax.scan(step, x_T, xs)
     s_last = jnp.asarray(sig[k])
@@ -409,3 +431,56 @@ def sample(denoise_fn: DenoiseFn, x_T: jax.Array, schedule: DiffusionSchedule, c
 def model_calls(cfg: SamplerConfig) -> int:
     """Number of denoiser evaluations the sampler makes (for latency/FLOP accounting)."""
     return {"pndm": cfg.num_steps + 1, "heun": 2 * cfg.num_steps - 1}.get(cfg.name, cfg.num_steps)
+
+
+# --------------------------------------------------------------------------------------------------
+# Editing helpers (SDEdit, RePaint-style inpainting, attention maps on the trajectory)
+# --------------------------------------------------------------------------------------------------
+def start_step_for_strength(num_steps: int, strength: float) -> int:
+    """SDEdit ``strength`` in [0, 1] -> the first step k to run: the last ``floor(S * strength)`` steps of
+    the S-step grid are run (diffusers img2img); k = S (nothing to run) for strength 0."""
+    if not 0.0 <= float(strength) <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    return int(num_steps) - min(int(np.floor(num_steps * float(strength) + 1e-9)), int(num_steps))
+
+
+def step_levels(schedule: DiffusionSchedule, cfg: SamplerConfig, start_step: int = 0) -> np.ndarray:
+    """The noise level of the sampler's state entering each scan row (the trajectory's rows, from
+    ``start_step``), in the ``post_step`` convention: DDPM timesteps (int) or flow sigmas (float32). Row 0 is
+    the level ``x_T`` must have; row i > 0 is the level of ``trajectory[i - 1]``."""
+    k = _check_start(cfg, start_step)
+    if cfg.name in ("euler", "heun"):
+        _check_flow(schedule)
+        sig = flow_sigmas(cfg.num_steps, shift=cfg.flow_shift, num_train_timesteps=schedule.num_train_timesteps)
+        return sig[k:cfg.num_steps]
+    if cfg.name == "pndm":
+        return np.asarray(pndm_tables(schedule, cfg, k)["t_model"], np.int64)
+    if cfg.name == "dpmpp_2m":
+        return np.asarray(dpmpp_tables(schedule, cfg, k)["ts"], np.int64)
+    tables = ddpm_tables if cfg.name == "ddpm" else ddim_tables
+    return np.asarray(tables(schedule, cfg, k)[0], np.int64)
+
+
+def model_time(schedule: DiffusionSchedule, level) -> jax.Array:
+    """A level of :func:`step_levels` -> the timestep the samplers feed the model (int32 DDPM timestep, or
+    ``sigma * N`` float32 for flows)."""
+    if schedule.prediction_type == "flow":
+        return jnp.asarray(level, jnp.float32) * schedule.num_train_timesteps
+    return jnp.asarray(level, jnp.int32)
+
+
+def noise_to_level(schedule: DiffusionSchedule, x0: jax.Array, noise: jax.Array, level) -> jax.Array:
+    """q(x_level | x0) with the given ``noise``: ``sqrt(a) x0 + sqrt(1 - a) noise`` at DDPM timestep ``level``
+    (a negative level is clean: x0), or ``(1 - sigma) x0 + sigma noise`` for flows. ``level``: a scalar
+    (traced or not) in the :func:`step_levels` / ``post_step`` convention."""
+    if schedule.prediction_type == "flow":
+        s = jnp.asarray(level, jnp.float32)
+        return (1.0 - s) * x0 + s * noise
+    t = jnp.asarray(level, jnp.int32)
+    a = jnp.where(t >= 0, schedule.alphas_cumprod[jnp.maximum(t, 0)], 1.0)
+    return jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
+
+
+def is_stochastic(cfg: SamplerConfig) -> bool:
+    """Whether the sampler draws per-step noise (``noises`` has one row per scan row)."""
+    return cfg.name == "ddpm" or (cfg.name == "ddim" and cfg.eta > 0)

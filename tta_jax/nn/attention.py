@@ -16,6 +16,9 @@ Attention-map hooks (prompt-to-prompt style) go through :class:`AttentionControl
 - ``replace_probs(probs, layer_name) -> probs`` may replace/edit the probabilities; ``layer_name`` is the
   module path (e.g. ``"blocks_3/cross_attn"``) so a controller can act per layer.
 
+:func:`captured_maps` turns the captured probabilities of one forward pass into per-token maps on the latent
+grid (time for sequences, freq x time for images), averaged over heads and layers.
+
 Any active control forces the explicit ``einsum`` backend (the fused XLA kernel never materialises the
 probabilities). ``AttentionControl`` is a pytree (``token_weights`` is a leaf), so it can travel through
 ``jit`` inside a condition dict.
@@ -28,6 +31,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tta_jax.nn.sharding import dense_init
 
@@ -201,3 +205,42 @@ class Attention(nn.Module):
         if control.capture:
             self.sow("intermediates", "attn_probs", probs)
         return probs
+
+
+# --------------------------------------------------------------------------------------------------
+# Captured maps -> the latent grid
+# --------------------------------------------------------------------------------------------------
+def _grid_of(length: int, grid: tuple[int, ...]) -> tuple[int, ...]:
+    """The grid a layer of ``length`` queries works on: ``grid`` halved (rounding up, as a stride-2 conv
+    does) until its size matches. Raises ValueError when no halving fits."""
+    g = tuple(int(s) for s in grid)
+    while True:
+        if int(np.prod(g)) == length:
+            return g
+        if all(s == 1 for s in g):
+            raise ValueError(f"captured attention over {length} queries does not fit the latent grid {grid} "
+                             f"or any of its halvings")
+        g = tuple(-(-s // 2) for s in g)
+
+
+def captured_maps(intermediates, grid: tuple[int, ...]) -> jax.Array:
+    """Every ``attn_probs`` sown into ``intermediates`` (the ``'intermediates'`` collection of one forward
+    pass with ``AttentionControl(capture=True)``; [B, H, Lq, Lk] each) -> their mean over heads and layers
+    on the latent ``grid``: [B, *grid, Lk]. ``grid`` is (T,) for sequence latents or (H, T) for image
+    latents; a layer working at a coarser resolution (a U-Net level: Lq = ceil(H/2^k) * ceil(T/2^k)) is
+    brought to ``grid`` by linear interpolation, which keeps each position's distribution over the keys
+    summing to what it summed to. Raises ValueError when nothing was captured."""
+    leaves = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(intermediates)[0]
+              if any(getattr(k, "key", None) == "attn_probs" for k in path)]
+    if not leaves:
+        raise ValueError("no attention probabilities were captured: the denoiser has no text cross-attention "
+                         "(or cond['attn_control'] did not reach it)")
+    maps = []
+    for probs in leaves:
+        b, _, lq, lk = probs.shape
+        g = _grid_of(lq, grid)
+        m = probs.astype(jnp.float32).mean(axis=1).reshape((b,) + g + (lk,))
+        if g != tuple(grid):
+            m = jax.image.resize(m, (b,) + tuple(grid) + (lk,), method="linear")
+        maps.append(m)
+    return sum(maps[1:], maps[0]) / len(maps)
