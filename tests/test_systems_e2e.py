@@ -1,6 +1,6 @@
-"""One task, one generator, any denoiser: a tiny DiT system (Oobleck latents [T, C], token PCA) and the shipped
-tiny Auffusion system (a U-Net over KL-VAE mel-image latents [H, T, C], two text encoders through per-encoder
-adapters) go through the same command lines:
+"""One task, one generator, any denoiser: a tiny DiT system (Oobleck latents [T, C] + T5 text, as EzAudio; token
+PCA) and the shipped tiny Auffusion system (a U-Net over KL-VAE mel-image latents [H, T, C], two text encoders
+through per-encoder adapters) go through the same command lines:
 
     launch.precompute --system SYS --out DATA     (the system's codec + text sections)
     launch.train --config SYS:tiny --workdir W --config.data.precomputed_dir=DATA
@@ -28,7 +28,7 @@ def get_config(arg=None):
     c = ezaudio("tiny")
     c.builder = "tta_jax.pipelines.tta:build_task"
     c.codec = {"name": "oobleck", "preset": "tiny", "init": "random", "seed": 1}   # 8 kHz, [T, 2] latents
-    c.text = {"name": "bytes_embed", "dim": 32, "max_len": 8}
+    c.text = {"name": "t5", "init": "random", "preset": "tiny", "max_len": 8}   # FLAN-T5 architecture, 32-d
     c.data.patch_frames = 2
     c.data.token_pca = 2                      # 4-value tokens -> 2 PCA directions, saved in workdir/assets
     c.data.crop_frames = 32

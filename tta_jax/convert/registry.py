@@ -99,12 +99,47 @@ def _clap_audio(src, cfg, strict):
     return variables, hcfg.to_dict()
 
 
+def _auffusion(src, cfg, strict):
+    """A released Auffusion folder -> (params, the filled ``configs/auffusion.py`` config as a dict).
+    ``--config`` (optional): ``{"system": "configs/auffusion.py[:variant]", "overrides": ["key=value", ...]}``;
+    the default system is this checkout's ``configs/auffusion.py`` (variant ``full``: the objective and
+    sampler; model, text and codec come from the folder)."""
+    from tta_jax import config as C
+    from tta_jax.convert import auffusion as A
+
+    if cfg is not None and not isinstance(cfg, dict):
+        raise InvalidArgument(f"--config for auffusion must be a JSON object, got {cfg!r}")
+    cfg = dict(cfg or {})
+    bad = sorted(set(cfg) - {"system", "overrides"})
+    if bad:
+        raise InvalidArgument(f"--config: unknown key {bad[0]!r} for auffusion (system, overrides)")
+    system = cfg.get("system") or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "configs", "auffusion.py")
+    if not os.path.isdir(src):
+        raise InvalidArgument(f"--src {src} must be a released Auffusion folder (condition_config.json, unet/, ...)")
+    config = A.auffusion_config(src, C.load_config(system))
+    C.apply_overrides(config, list(cfg.get("overrides") or ()))
+    C.validate_config(config)
+    params = A.load_auffusion(src, config, strict=strict)
+    A.check_components(config)
+    return params, config
+
+
+def _auffusion_workdir(params, config, out):
+    from tta_jax.convert.auffusion import write_workdir
+
+    return write_workdir(out, config, params)
+
+
 FAMILIES: dict[str, Callable[[str, Any, bool], tuple[Any, Any]]] = {
     "ezaudio_dit": _dit, "diffusers_unet": _unet, "oobleck": _oobleck, "kl_vae": _kl_vae,
     "hifigan": _hifigan, "bigvgan": _bigvgan, "bert": _bert, "t5": _text("load_t5_dir"),
     "clip_text": _text("load_clip_text_dir"), "clap_text": _text("load_clap_text_dir"),
-    "clap_audio": _clap_audio,
+    "clap_audio": _clap_audio, "auffusion": _auffusion,
 }
+# families that write a sampling workdir (config.json + checkpoints/ + assets/, what ``launch.sample
+# --workdir`` loads) instead of a params file; their converter returns the system config as the second item
+WORKDIRS: dict[str, Callable[[Any, Any, str], str]] = {"auffusion": _auffusion_workdir}
 
 
 def parse_config(text: str) -> Any:
@@ -164,7 +199,10 @@ def convert(family: str, src: str, config: Any, out: str, *, fmt: str = "safeten
         logging.warning("partial conversion: %s", report.headline(src))
     params = unbox(params)
     os.makedirs(out, exist_ok=True)
-    if fmt == "safetensors":
+    if family in WORKDIRS:
+        path = WORKDIRS[family](params, used_cfg, out)
+        used_cfg = used_cfg.to_dict() if hasattr(used_cfg, "to_dict") else used_cfg
+    elif fmt == "safetensors":
         from safetensors.numpy import save_file
 
         flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten_params(params).items()}

@@ -213,54 +213,93 @@ def _build_unet(fields) -> Denoiser:
 
 # ---------------------------------------------------------------------------------------------- several text encoders
 class TextAdapted(nn.Module):
-    """A denoiser behind per-encoder text adapters (Auffusion's multi-encoder conditioning).
+    """A denoiser behind per-encoder text adapters (Auffusion's condition adapters, one per text encoder).
 
-    ``cond["text:<i>"]`` [B, L_i, D_i] (+ ``text_mask:<i>`` [B, L_i]) for i < ``num_encoders`` go through
-    their trainable ``Linear(D_i -> dim) + LayerNorm`` (:class:`tta_jax.text.conditioner.TextAdapters`) and
-    are concatenated along the sequence -> ``text`` [B, sum L_i, dim] / ``text_mask``; every other key is
-    passed through. Params: ``{"text_adapters": ..., "net": <the denoiser's>}``. A dropped encoder (CFG)
-    arrives as the empty caption's features (the loader's per-encoder dropout) and is adapted like any other.
+    Encoder i's states ``cond[inputs[i]]`` [B, L_i, D_i] (default key ``text:<i>``; a single-encoder model
+    reads ``text``) with its mask ``cond[<mask key>]`` [B, L_i] (``text_mask:<i>`` / ``text_mask``; absent:
+    all True) go through a trainable ``Linear(D_i -> dim) + LayerNorm`` (:class:`tta_jax.text.conditioner.
+    TextAdapters`, params ``adapter_<i>`` / ``adapter_<i>_norm``) and are concatenated along the sequence ->
+    ``text`` [B, sum L_i, dim] / ``text_mask``; every other key is passed through. Params:
+    ``{"text_adapters": ..., "net": <the denoiser's>}``.
+
+    ``padding="zeros"`` (Auffusion's pipeline: each prompt is encoded without padding, its states are
+    zero-padded to ``L_i`` and every position is attended to): states where the mask is False become zeros
+    before the adapter and the mask becomes all True. ``"mask"``: padded positions are masked out.
+
+    ``cond["text_null"]`` [B] bool (optional): rows where True get an all-zero context after the adapters,
+    every key attendable (Auffusion's negative embedding, ``config.sampler.negative = "zeros"``). A dropped
+    encoder in training arrives as the empty caption's features (the loader) and is adapted like any other.
     """
 
     net: nn.Module
     num_encoders: int
     dim: int
+    inputs: tuple[str, ...] = ()
+    padding: str = "mask"
+
+    def _keys(self) -> list[tuple[str, str]]:
+        keys = self.inputs or tuple(f"text:{i}" for i in range(self.num_encoders))
+        return [(k, k.replace("text", "text_mask", 1)) for k in keys]
 
     @nn.compact
     def __call__(self, x, t, cond, train: bool = False):
         from tta_jax.text.conditioner import TextAdapters
 
-        names = [str(i) for i in range(self.num_encoders)]
-        absent = [f"text:{n}" for n in names if f"text:{n}" not in cond]
+        keys = self._keys()
+        absent = [k for k, _ in keys if k not in cond]
         if absent:
-            raise ValueError(f"cond has no {absent[0]!r}: this denoiser reads {self.num_encoders} text encoders "
-                             f"(config.text.name='multi'); cond has {sorted(cond)}")
-        states = {n: cond[f"text:{n}"] for n in names}
+            raise ValueError(f"cond has no {absent[0]!r}: this denoiser reads {len(keys)} text encoder(s) "
+                             f"({[k for k, _ in keys]}); cond has {sorted(cond)}")
+        names = [str(i) for i in range(len(keys))]
+        states, masks = {}, []
+        for n, (k, mk) in zip(names, keys):
+            s = jnp.asarray(cond[k])
+            m = jnp.asarray(cond[mk]).astype(bool) if mk in cond else jnp.ones(s.shape[:2], bool)
+            if self.padding == "zeros":
+                s, m = jnp.where(m[..., None], s, 0.0), jnp.ones_like(m)
+            states[n] = s
+            masks.append(m)
         adapted = TextAdapters({n: 0 for n in names}, self.dim, name="text_adapters")(states)
-        masks = [jnp.asarray(cond[f"text_mask:{n}"]).astype(bool) if f"text_mask:{n}" in cond
-                 else jnp.ones(states[n].shape[:2], bool) for n in names]
+        context = jnp.concatenate([adapted[n] for n in names], axis=1)
+        mask = jnp.concatenate(masks, axis=1)
+        if "text_null" in cond:  # [B] True: zero context, every key attendable
+            null = jnp.asarray(cond["text_null"]).astype(bool)
+            context = jnp.where(null[:, None, None], jnp.zeros_like(context), context)
+            mask = jnp.where(null[:, None], True, mask)
         rest = {k: v for k, v in cond.items() if not k.startswith("text")}
-        rest["text"] = jnp.concatenate([adapted[n] for n in names], axis=1)
-        rest["text_mask"] = jnp.concatenate(masks, axis=1)
+        rest["text"], rest["text_mask"] = context, mask
         return self.net(x, t, rest, train=train)
 
 
-def with_text_adapters(den: Denoiser, num_encoders: int) -> Denoiser:
-    """``den`` reading ``text:<i>`` / ``text_mask:<i>`` of ``num_encoders`` encoders (``config.text.name =
-    "multi"``) through :class:`TextAdapted`, each mapped to the denoiser's context width."""
+TEXT_PADDINGS = ("mask", "zeros")
+
+
+def with_text_adapters(den: Denoiser, num_encoders: int, *, single: bool = False,
+                       padding: str = "mask") -> Denoiser:
+    """``den`` behind :class:`TextAdapted`: ``num_encoders`` text encoders, each mapped to the denoiser's
+    context width by its own adapter. Inputs: ``text:<i>`` / ``text_mask:<i>`` (``config.text.name =
+    "multi"``) or, with ``single`` (one encoder, e.g. Auffusion's CLIP-only model), ``text`` / ``text_mask``.
+    ``padding``: see :class:`TextAdapted`. The denoiser also reads ``text_null`` ([B] bool, optional)."""
     if "text" not in den.cond_keys or not den.context_dim:
-        raise ConfigError(f"config.text.name='multi' needs a denoiser that cross-attends to text; this "
-                          f"{den.name} has no text context (config.model)")
+        raise ConfigError(f"text adapters need a denoiser that cross-attends to text; this {den.name} has no "
+                          f"text context (config.model)")
     if num_encoders < 1:
         raise ConfigError("config.text.encoders is empty: list the text encoders to combine")
+    if single and num_encoders != 1:
+        raise ConfigError(f"single-input text adapters read one encoder, got {num_encoders}")
+    if padding not in TEXT_PADDINGS:
+        raise ConfigError(f"config.model.text_padding={padding!r}; expected one of {list(TEXT_PADDINGS)}")
+    inputs = ("text",) if single else tuple(f"text:{i}" for i in range(num_encoders))
     keys = [k for k in den.cond_keys if k not in ("text", "text_mask")]
-    keys += [f"{k}:{i}" for i in range(num_encoders) for k in ("text", "text_mask")]
+    keys += [m for k in inputs for m in (k, k.replace("text", "text_mask", 1))] + ["text_null"]
     inner = den.dummy_cond
 
     def dummy_cond(b, shape, length):
-        return {k: v for k, v in inner(b, shape, length).items() if k not in ("text", "text_mask")}
+        cond = {k: v for k, v in inner(b, shape, length).items() if k not in ("text", "text_mask")}
+        cond["text_null"] = jnp.zeros((b,), bool)
+        return cond
 
-    module = TextAdapted(den.module.clone(parent=None), int(num_encoders), den.context_dim)
+    module = TextAdapted(den.module.clone(parent=None), int(num_encoders), den.context_dim, inputs, padding)
     return dataclasses.replace(den, module=module, cond_keys=tuple(keys), dummy_cond=dummy_cond)
 
 
@@ -268,9 +307,22 @@ DENOISERS: dict[str, Callable[[Mapping[str, Any]], Denoiser]] = {"dit": _build_d
 
 
 def build_denoiser(model_section) -> Denoiser:
-    """``config.model`` -> :class:`Denoiser`; ``name`` (default ``"dit"``) picks the family."""
+    """``config.model`` -> :class:`Denoiser`; ``name`` (default ``"dit"``) picks the family.
+    ``text_adapters=True`` puts one text adapter in front of the denoiser's ``text`` (a single-encoder
+    Auffusion model; :func:`with_text_adapters`), ``text_padding`` says how it sees padded positions.
+    (Several encoders: :func:`tta_jax.pipelines.tta.denoiser_of` wraps with one adapter per encoder.)"""
     fields = _fields(model_section)
+    adapters = fields.pop("text_adapters", False)
+    padding = fields.pop("text_padding", "mask")
     name = fields.pop("name", "dit") or "dit"
     if name not in DENOISERS:
         raise ConfigError(f"config.model.name={name!r}; expected one of {sorted(DENOISERS)}")
-    return DENOISERS[name](fields)
+    if not isinstance(adapters, bool):
+        raise ConfigError(f"config.model.text_adapters={adapters!r}; expected true or false")
+    den = DENOISERS[name](fields)
+    if adapters:
+        return with_text_adapters(den, 1, single=True, padding=padding)
+    if padding != "mask":
+        raise ConfigError(f"config.model.text_padding={padding!r} applies to text adapters: set "
+                          f"config.model.text_adapters=True (or config.text.name='multi')")
+    return den

@@ -30,6 +30,7 @@ from tta_jax import diffusion as D
 from tta_jax import sections
 from tta_jax.denoisers.factory import IMAGE, Denoiser, build_denoiser, dit_config, with_text_adapters
 from tta_jax.errors import ConfigError
+from tta_jax.nn.attention import AttentionControl, captured_maps
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,19 @@ def _check_data_dir(config, data_dir: str) -> None:
 def denoiser_of(config) -> Denoiser:
     """``config.model`` -> :class:`tta_jax.denoisers.factory.Denoiser` (``model.name``: dit / unet); with
     ``config.text.name = "multi"`` it reads each encoder's ``text:<i>`` through trainable adapters
-    (:func:`tta_jax.denoisers.factory.with_text_adapters`)."""
-    den = build_denoiser(config.model)
+    (:func:`tta_jax.denoisers.factory.with_text_adapters`). ``config.model.text_adapters = True`` puts one
+    adapter in front of a single encoder's ``text`` too (Auffusion's CLIP-only model);
+    ``config.model.text_padding`` (``"mask"`` | ``"zeros"``) is how the adapters see padded positions. These
+    two keys are the wrapper's, not the denoiser family's."""
+    fields = dict(config.model.to_dict() if hasattr(config.model, "to_dict") else config.model)
     text = config.get("text") or {}
-    if text.get("name") == "multi":
-        den = with_text_adapters(den, len(text.get("encoders") or ()))
-    return den
+    if text.get("name") == "multi":  # one adapter per encoder (text_adapters is implied)
+        padding = fields.pop("text_padding", "mask")
+        fields.pop("text_adapters", None)
+        return with_text_adapters(build_denoiser(fields), len(text.get("encoders") or ()), padding=padding)
+    if fields.get("text_adapters") and text.get("name") in (None, "", "none"):
+        raise ConfigError("config.model.text_adapters=True needs a text encoder (config.text.name)")
+    return build_denoiser(fields)
 
 
 def dit_config_from(config):
@@ -407,6 +415,29 @@ def pad_context_pairs(cond: dict, uncond: dict) -> tuple[dict, dict]:
     return cond, uncond
 
 
+def _context_len(cond: Mapping[str, Any]) -> int:
+    """Length Lk of the text context the denoiser cross-attends to: ``text`` [B, L, D], or the concatenated
+    ``text:<i>`` of several encoders."""
+    if "text" in cond:
+        return int(cond["text"].shape[1])
+    lens = [int(v.shape[1]) for k, v in cond.items() if k.startswith("text:")]
+    if not lens:
+        raise ValueError(f"token_weights need a text context; cond has {sorted(cond)}")
+    return sum(lens)
+
+
+@dataclasses.dataclass(frozen=True)
+class EditOptions:
+    """The static part of an edit (:meth:`Generator.edit`): first step run (SDEdit), prompt-to-prompt pairs
+    (source and edited rows sharing the noise, attention swapped while the model time is above the dynamic
+    cut), RePaint on/off/auto (None), capture maps."""
+
+    start_step: int = 0
+    pairs: bool = False
+    repaint: bool | None = None
+    capture: bool = False
+
+
 @dataclasses.dataclass
 class Generator:
     """Jitted conditional sampling for any :class:`Denoiser` (sequence or image latents).
@@ -416,7 +447,10 @@ class Generator:
     (e.g. the empty prompt's ``text``/``text_mask``, batch 1 or B); every other key of ``cond`` (EzAudio's
     ``mask``/``masked_latent``, a style or reference that is kept) is shared by both branches. The sampler
     loop and CFG are one jit per (batch, shape). With ``mask`` (1 = generate; per frame [B, T] or full
-    resolution) and ``masked_latent`` the frames not generated are pasted back exactly.
+    resolution) and ``masked_latent`` the frames not generated are pasted back exactly; a denoiser without a
+    mask input keeps them on the source's noisy path during sampling (RePaint). :meth:`edit` adds SDEdit,
+    prompt-to-prompt word swap, token re-weighting and cross-attention maps (:mod:`tta_jax.pipelines.editing`
+    drives them from audio and prompts).
     """
 
     denoiser: Denoiser
@@ -428,38 +462,188 @@ class Generator:
     data_var: Any = None   # per-channel data variance of a Wiener-preconditioned denoiser (precondition_var_of)
 
     def __post_init__(self):
-        self._jitted = jax.jit(self._generate, static_argnames=("shape",))
+        self._jitted = jax.jit(self._generate, static_argnames=("shape", "opts"))
 
-    def _generate(self, params, cond, uncond, key, shape: tuple, masked_latent=None, mask=None):
+    def _generate(self, params, cond, uncond, key, shape: tuple, masked_latent=None, mask=None, source=None,
+                  token_weights=None, swap_cut=None, opts: EditOptions = EditOptions()):
         b = jax.tree_util.tree_leaves(cond)[0].shape[0]
+        n = b // 2 if opts.pairs else b
+        shape = tuple(shape)
         k_init, k_loop = jax.random.split(key)
-        x_T = jax.random.normal(k_init, (b,) + tuple(shape), jnp.float32)
-        if mask is not None and "mask" in self.denoiser.cond_keys:  # EzAudio: the network sees the clean part
+        x_T = jax.random.normal(k_init, (n,) + shape, jnp.float32)
+        levels = D.step_levels(self.schedule, self.sampler, opts.start_step)
+        noises = None
+        if opts.pairs:  # prompt-to-prompt: the source and the edited row of a pair share every noise draw
+            x_T = jnp.concatenate([x_T, x_T], 0)
+            if D.is_stochastic(self.sampler):
+                z = jax.random.normal(k_loop, (len(levels), n) + shape, jnp.float32)
+                noises = jnp.concatenate([z, z], 1)
+        if source is not None:  # SDEdit: the source at the noise level of the first step that runs
+            x_T = D.noise_to_level(self.schedule, source, x_T, levels[0])
+        model_mask = mask is not None and "mask" in self.denoiser.cond_keys
+        if model_mask:  # EzAudio: the network sees the clean part
             cond = dict(cond, mask=mask, masked_latent=masked_latent)
         uncond = {**cond, **uncond}
+        post = None
+        if mask is not None and (not model_mask if opts.repaint is None else opts.repaint):
+            known = time_mask_like(mask, x_T) < 0.5   # RePaint: keep the known region on the source's path
+            k_paint = jax.random.fold_in(k_loop, 1)
+            x_T = jnp.where(known, D.noise_to_level(self.schedule, masked_latent, x_T, levels[0]), x_T)
+
+            def post(x, i, level):
+                z = jax.random.normal(jax.random.fold_in(k_paint, i), x.shape, x.dtype)
+                return jnp.where(known, D.noise_to_level(self.schedule, masked_latent, z, level), x)
+
+        control_for = self._control_fn(b, n, token_weights, swap_cut if opts.pairs else None)
 
         def net(x, t, cd):
-            return self.denoiser.apply(params, x, t, cd, train=False)
+            ctl = control_for(x.shape[0], t)
+            return self.denoiser.apply(params, x, t, cd if ctl is None else dict(cd, attn_control=ctl), train=False)
 
         model_fn = preconditioned(net, self.schedule, self.data_var)
         denoise = D.cfg_denoiser(model_fn, cond, uncond, scale=self.guidance_scale,
                                  rescale=self.guidance_rescale, mode=self.guidance_mode)
-        x0 = D.sample(denoise, x_T, self.schedule, self.sampler, k_loop)
+        out = D.sample(denoise, x_T, self.schedule, self.sampler, k_loop, noises=noises, post_step=post,
+                       start_step=opts.start_step, return_trajectory=opts.capture)
+        x0, traj = out if opts.capture else (out, None)
         if mask is not None:  # paste back the frames that were not to be generated
             x0 = jnp.where(time_mask_like(mask, x0) > 0.5, x0, masked_latent)
-        return x0
+        if not opts.capture:
+            return x0
+        return x0, self._attention_maps(params, cond, jnp.concatenate([x_T[None], traj[:-1]], 0), levels, shape)
 
-    def generate(self, params, cond: Mapping[str, Any], uncond: Mapping[str, Any], key, shape: Sequence[int], *,
-                 masked_latent=None, mask=None):
+    def _control_fn(self, b: int, n: int, token_weights, swap_cut):
+        """-> ``(rows, t) -> AttentionControl | None`` for a model call on ``rows`` rows ([cond b; uncond b]
+        with CFG, the b cond rows without): ``token_weights`` [b, Lk] on the cond rows (uncond rows 1); word
+        swap (``swap_cut``, a model time; dynamic, so every tau shares one compilation): while the model time is
+        at or above it, the edited rows' (cond rows n..2n) cross-attention probabilities are the source rows'
+        (0..n)."""
+        if token_weights is None and swap_cut is None:
+            return lambda rows, t: None
+
+        def control_for(rows, t):
+            w = None
+            if token_weights is not None:
+                w = token_weights if rows == b else jnp.concatenate([token_weights, jnp.ones_like(token_weights)])
+            replace = None
+            if swap_cut is not None:
+                active = jnp.asarray(t).reshape(-1)[0].astype(jnp.float32) >= swap_cut
+
+                def replace(probs, layer):
+                    return jnp.where(active, probs.at[n:2 * n].set(probs[:n]), probs)
+
+            return AttentionControl(token_weights=w, replace_probs=replace)
+
+        return control_for
+
+    def _attention_maps(self, params, cond, inputs, levels, shape):
+        """Cross-attention maps of the conditioned branch at every step's input state ``inputs`` [R, B, ...]
+        (the sampling trajectory), averaged over heads, layers and steps -> [B, *grid, Lk] (grid: (T,) or
+        (H, T)), each position's distribution over the text tokens summing to 1."""
+        grid = tuple(shape[:-1])
+
+        def one(args):
+            x, t = args
+            box = []
+
+            def capture_net(xi, ti, cd):
+                out, state = self.denoiser.module.apply(
+                    {"params": params}, xi, ti, dict(cd, attn_control=AttentionControl(capture=True)), train=False,
+                    mutable=["intermediates"])
+                box.append(state["intermediates"])
+                return out
+
+            preconditioned(capture_net, self.schedule, self.data_var)(x, jnp.full((x.shape[0],), t), cond)
+            return captured_maps(box[0], grid)
+
+        maps = jax.lax.map(one, (inputs, D.model_time(self.schedule, levels))).mean(0)
+        return maps / jnp.maximum(maps.sum(-1, keepdims=True), 1e-12)
+
+    @staticmethod
+    def _prepare(cond, uncond):
         cond = {k: v if k == "refs" else jnp.asarray(v) for k, v in cond.items()}
         b = jax.tree_util.tree_leaves(cond)[0].shape[0]
         uncond = {k: v if k == "refs" else jnp.broadcast_to(jnp.asarray(v), (b,) + tuple(np.shape(v)[1:]))
                   for k, v in uncond.items()}
-        cond, uncond = pad_context_pairs(cond, uncond)
+        return pad_context_pairs(cond, uncond)
+
+    def generate(self, params, cond: Mapping[str, Any], uncond: Mapping[str, Any], key, shape: Sequence[int], *,
+                 masked_latent=None, mask=None):
+        cond, uncond = self._prepare(cond, uncond)
         if mask is not None:
             mask, masked_latent = jnp.asarray(mask, jnp.float32), jnp.asarray(masked_latent, jnp.float32)
         return self._jitted(params, cond, uncond, key, shape=tuple(int(s) for s in shape),
                             masked_latent=masked_latent, mask=mask)
+
+    def edit(self, params, cond: Mapping[str, Any], uncond: Mapping[str, Any], key, shape: Sequence[int], *,
+             source=None, strength: float | None = None, mask=None, masked_latent=None, repaint: bool | None = None,
+             pairs: bool = False, tau: float = 0.0, token_weights=None, attention_maps: bool = False):
+        """:meth:`generate` with the editing mechanisms, for any denoiser and layout (latents in its space):
+
+        - SDEdit (``source`` [B, *shape], ``strength`` in [0, 1]): the source is noised to the level of step
+          k = :func:`~tta_jax.diffusion.samplers.start_step_for_strength` of the sampler's own grid and only
+          steps k.. run with ``cond``'s prompt; strength 0 returns ``source`` unchanged.
+        - Inpainting (``mask`` [B, T] or full resolution, 1 = generate; ``masked_latent``, default ``source``):
+          with ``repaint`` (default: when the denoiser has no mask input) the known region of x_t is replaced
+          by the source noised to x_t's level after every step (RePaint); the known region is pasted back
+          exactly at the end either way.
+        - Prompt-to-prompt (``pairs``): ``cond`` holds 2n rows, n source prompts then their n edits, sampled
+          with the same noise; for the first ``tau`` fraction of the steps the edited rows' cross-attention
+          probabilities are replaced by their source rows' (word swap). tau = 0 is plain sampling.
+        - Re-weighting (``token_weights`` [B, Lk] or [Lk], Lk the text context length of ``cond``; shorter is
+          padded with 1): the conditioned branch's cross-attention probabilities are scaled per token.
+        - ``attention_maps``: also return the conditioned branch's cross-attention maps [B, *grid, Lk] (grid
+          (T,) for sequences, (H, T) for images), averaged over heads, layers and steps, summing to 1 over Lk.
+
+        -> latents [B, *shape] (and the maps)."""
+        cond, uncond = self._prepare(cond, uncond)
+        b = jax.tree_util.tree_leaves(cond)[0].shape[0]
+        shape = tuple(int(s) for s in shape)
+        steps = self.sampler.num_steps
+        start = 0
+        if source is not None:
+            source = jnp.broadcast_to(jnp.asarray(source, jnp.float32), (b,) + shape)
+            start = D.start_step_for_strength(steps, 1.0 if strength is None else strength)
+            if start >= steps:  # strength 0: nothing to run
+                if attention_maps:
+                    raise ValueError("strength=0 runs no step: there are no attention maps to capture")
+                return source
+        elif strength is not None:
+            raise ValueError("strength (SDEdit) needs a source latent")
+        if mask is not None:
+            masked_latent = source if masked_latent is None else masked_latent
+            if masked_latent is None:
+                raise ValueError("inpainting needs the known latent: pass masked_latent or source")
+            mask = jnp.asarray(mask, jnp.float32)
+            masked_latent = jnp.broadcast_to(jnp.asarray(masked_latent, jnp.float32), (b,) + shape)
+        if not 0.0 <= float(tau) <= 1.0:
+            raise ValueError(f"tau must be in [0, 1], got {tau}")
+        if pairs and b % 2:
+            raise ValueError(f"pairs=True needs 2n conditioned rows (n sources, then n edits), got {b}")
+        if tau > 0 and not pairs:
+            raise ValueError("tau > 0 (word swap) needs pairs=True: source and edited prompts in one batch")
+        swap_cut = self._swap_cut(start, tau) if pairs else None
+        if token_weights is not None:
+            lk = _context_len(cond)
+            w = jnp.asarray(token_weights, jnp.float32)
+            w = jnp.broadcast_to(w, (b, w.shape[-1]))
+            if w.shape[-1] > lk:
+                raise ValueError(f"token_weights has {w.shape[-1]} tokens, the text context only {lk}")
+            token_weights = jnp.pad(w, ((0, 0), (0, lk - w.shape[-1])), constant_values=1.0)
+        opts = EditOptions(start_step=start, pairs=bool(pairs), repaint=repaint, capture=bool(attention_maps))
+        return self._jitted(params, cond, uncond, key, shape=shape, masked_latent=masked_latent, mask=mask,
+                            source=source, token_weights=token_weights, swap_cut=swap_cut, opts=opts)
+
+    def _swap_cut(self, start: int, tau: float) -> jax.Array:
+        """The model time from which on (downwards) the word swap stops: the first floor(tau * R) of the R
+        scan rows (from ``start``) swap; +inf (never) for tau = 0. Rows of equal time (PNDM's repeated first
+        timestep) swap together."""
+        levels = D.step_levels(self.schedule, self.sampler, start)
+        mt = np.asarray(levels, np.float64) * (self.schedule.num_train_timesteps
+                                                if self.schedule.prediction_type == "flow" else 1)
+        k = int(np.floor(float(tau) * len(mt) + 1e-9))
+        cut = np.inf if k == 0 else -np.inf if k >= len(mt) else 0.5 * (mt[k - 1] + mt[k])
+        return jnp.float32(cut)
 
 
 def generator_from_config(denoiser: Denoiser, config, workdir: str | None = None, **sampler_overrides) -> Generator:
@@ -526,10 +710,18 @@ def build_task(config, mesh):
 # --------------------------------------------------------------------------------------------------
 # End-to-end sampling: prompts -> text states -> latents -> audio
 # --------------------------------------------------------------------------------------------------
-def text_conds(encode, prompts: Sequence[str]) -> tuple[dict, dict]:
+def text_conds(encode, prompts: Sequence[str], negative: str = "empty") -> tuple[dict, dict]:
     """A registry text encoder's ``encode(texts) -> {"text": [B, L, D], "text_mask": [B, L]}`` -> the
-    conditioned branch for ``prompts`` and the unconditioned one (the empty prompt, batch 1)."""
+    conditioned branch for ``prompts`` and the unconditioned one: ``negative="empty"``: the empty prompt's
+    encoding (batch 1); ``"zeros"`` (Auffusion): ``text_null`` True, i.e. the conditioned branch's text
+    replaced by an all-zero context after the adapters (the conditioned branch gets ``text_null`` False)."""
     cond = {k: jnp.asarray(v) for k, v in encode(list(prompts)).items()}
+    if negative == "zeros":
+        b = jax.tree_util.tree_leaves(cond)[0].shape[0]
+        cond["text_null"] = jnp.zeros((b,), bool)
+        return cond, {"text_null": jnp.ones((1,), bool)}
+    if negative != "empty":
+        raise ConfigError(f"config.sampler.negative={negative!r}; expected 'empty' or 'zeros'")
     uncond = {k: jnp.asarray(v) for k, v in encode([""]).items()}
     return cond, uncond
 
@@ -577,13 +769,17 @@ def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, ste
                           "assets/latent.json; pass num_frames")
     pca = token_pca_of(config, workdir)
     shape = model_latent_shape(config, den, codec.latent_shape(frames * codec.hop_length), pca)
+    negative = str(config.sampler.get("negative", "empty") or "empty")
+    if negative == "zeros" and "text_null" not in den.cond_keys:
+        raise ConfigError("config.sampler.negative='zeros' zeroes the context after the text adapters; this "
+                          "model has none (set config.model.text_adapters=True or config.text.name='multi')")
     text = build_text_encoder(config.text)
-    cond, uncond = text_conds(text.encode, prompts) if text is not None else ({}, {})
+    cond, uncond = text_conds(text.encode, prompts, negative) if text is not None else ({}, {})
     if not cond:  # an unconditional model: the batch size comes from the number of prompts alone
         raise ConfigError("config.text.name is 'none': this system has no prompt to sample from")
     params = meta.unbox(params)
     context_len = int(cond["text"].shape[1]) if "text" in cond else 1
-    check_params(den, params, shape, context_len, workdir or "params", uncond)
+    check_params(den, params, shape, context_len, workdir or "params", cond)
     gen = generator_from_config(den, config, workdir, **({"num_steps": int(steps)} if steps else {}))
     if guidance is not None:
         gen.guidance_scale = float(guidance)

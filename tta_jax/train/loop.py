@@ -8,7 +8,9 @@ Generic over the task. A task (built by ``config.builder``) provides::
          sample_fn(params, step, out_dir) -> dict | None   (optional; EMA params when EMA is on),
          decay_mask_fn(params) -> bool tree                (optional; default optim.decay_mask),
          save_assets(workdir)                              (optional; statistics sampling needs, e.g. the
-                                                            token PCA, written once by process 0),
+                                                            token PCA or a VAE's latent scale, written by
+                                                            process 0 before training and after the last
+                                                            checkpoint),
          eval_fn(params, step) -> {name: scalar} | None    (optional; every ``Task.eval_every`` steps (0:
                                                             none) and at the last step, logged like the
                                                             train metrics; EMA params when EMA is on))
@@ -355,6 +357,8 @@ def train(config, workdir: str, task: Task | None = None, *, mesh=None,
         if last_saved != step:
             ckpt.save(step, state, task.train_iter.get_state(), force=True)
         ckpt.wait()
+        if task.save_assets is not None and _is_primary():  # again: statistics of the final params
+            task.save_assets(workdir)
     finally:
         ckpt.close()
         if pbar is not None:
