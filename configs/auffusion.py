@@ -32,7 +32,8 @@ Expected (paper Table 1, AudioCaps, with SD-1.5 initialisation): FD ~ 22, FAD ~ 
 Demo (measured, docs/experiments.md 2026-12-02):
           python -m launch.demo --config configs/auffusion.py:demo \
               --config.codec.vae_workdir=runs/auffusion_vae_tiny --out outputs/auffusion_demo --train_minutes 20
-Expected: ~1300 steps; prompted-family accuracy 0.13 (chance 0.06), in-domain FD ~540 (real-vs-real 52).
+Expected: ~1300 steps in 20 min (1144 in 14); prompted-family accuracy 0.12-0.13 (chance 0.06), in-domain
+          FD 540-610 (real-vs-real 52).
 """
 import ml_collections
 
