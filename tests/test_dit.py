@@ -269,18 +269,19 @@ def test_pooled_context_is_a_masked_global_text_path():
     model = DiT(c)
     params = random_params(model, x, t, cond)["params"]
     assert "pooled_text_embed" in params
-    out = model.apply({"params": params}, x, t, cond)
+    apply = jax.jit(model.apply)  # six calls of one shape: one compiled program (op-by-op is slow on CPU)
+    out = apply({"params": params}, x, t, cond)
     garbage = cond["text"].at[0, 3:].set(100.0)  # only masked positions of clip 0 change
-    out_g = model.apply({"params": params}, x, t, dict(cond, text=garbage))
+    out_g = apply({"params": params}, x, t, dict(cond, text=garbage))
     np.testing.assert_allclose(out_g, out, atol=1e-5)
     # with the cross-attention output zeroed, only the pooled path carries the text
     p0 = jax.tree_util.tree_map_with_path(
         lambda path, v: jnp.zeros_like(v) if "cross_attn" in jax.tree_util.keystr(path) and
         "to_out" in jax.tree_util.keystr(path) else v, params)
-    a = model.apply({"params": p0}, x, t, cond)
-    b = model.apply({"params": p0}, x, t, dict(cond, text=cond["text"] + 1.0))
+    a = apply({"params": p0}, x, t, cond)
+    b = apply({"params": p0}, x, t, dict(cond, text=cond["text"] + 1.0))
     assert float(jnp.abs(a - b).max()) > 1e-3
     p1 = dict(p0, pooled_text_embed=jax.tree.map(jnp.zeros_like, p0["pooled_text_embed"]))
-    a1 = model.apply({"params": p1}, x, t, cond)
-    b1 = model.apply({"params": p1}, x, t, dict(cond, text=cond["text"] + 1.0))
+    a1 = apply({"params": p1}, x, t, cond)
+    b1 = apply({"params": p1}, x, t, dict(cond, text=cond["text"] + 1.0))
     np.testing.assert_allclose(a1, b1, atol=1e-6)

@@ -174,13 +174,16 @@ def test_indomain_baseline_on_embedded_uses_held_out_split_at_comparison_sizes(t
 def test_evaluate_two_folders_with_random_weights(tmp_path, monkeypatch):
     monkeypatch.setenv(suite.WEIGHTS_ENV, str(tmp_path / "none"))
     names = [f"clip_{i:03d}" for i in range(12)]
-    _write_clips(tmp_path / "gen", names, 16000, 0)
-    _write_clips(tmp_path / "ref", names[2:] + ["other_a", "other_b"], 22050, 1)
+    # 1 s clips (VGGish needs >= 0.975 s), all 12 of a set in one --batch: no padded rows to embed; the
+    # random full-size CNN14 on the CPU costs about a second per clip, so clips are what this test pays for
+    _write_clips(tmp_path / "gen", names, 16000, 0, seconds=1.0)
+    _write_clips(tmp_path / "ref", names[2:] + ["other_a", "other_b"], 22050, 1, seconds=1.0)
     _fake_cnn14(str(tmp_path / "cnn14.safetensors"))
     _fake_vggish(str(tmp_path / "vggish.safetensors"))
     rep = evaluate.main(["--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "ref"),
                          "--out", str(tmp_path / "report.json"), "--cnn14", str(tmp_path / "cnn14.safetensors"),
-                         "--vggish", str(tmp_path / "vggish.safetensors"), "--kid_subsets", "5"])
+                         "--vggish", str(tmp_path / "vggish.safetensors"), "--kid_subsets", "5",
+                         "--batch", "12"])
     m = rep["metrics"]
     for k in ("fd_panns", "kid_panns_mean", "kl_softmax", "kl_sigmoid", "is_panns_mean", "fad_vggish"):
         assert k in m and np.isfinite(m[k]), k
@@ -188,9 +191,10 @@ def test_evaluate_two_folders_with_random_weights(tmp_path, monkeypatch):
     assert rep["protocol"]["pairing"]["pairs"] == 10
     assert rep["protocol"]["backbones"]["panns_cnn14"]["sha256"] == suite.sha256_of(str(tmp_path / "cnn14.safetensors"))
     assert set(rep["skipped"]) == {"clap", "clap_a"}
-    # identical folders give FD ~ 0
+    # identical folders give FD ~ 0 (their first 4 clips: --limit)
     rep2 = evaluate.main(["--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "gen"),
                           "--out", str(tmp_path / "same.json"), "--cnn14", str(tmp_path / "cnn14.safetensors"),
-                          "--kid_subsets", "2"])
+                          "--kid_subsets", "2", "--limit", "4"])
+    assert rep2["protocol"]["pairing"]["pairs"] == 4
     assert abs(rep2["metrics"]["fd_panns"]) < 1e-3 * m["fd_panns"]
     assert rep2["metrics"]["kl_softmax"] < 1e-4

@@ -37,7 +37,9 @@ def test_expand_params_stage1_to_stage2_report_and_function():
     import flax.linen as nn
 
     old = _plain(_init(None, 0))
-    old = jax.tree.map(lambda x: x + 0.01 * jnp.arange(x.size, dtype=x.dtype).reshape(x.shape) / x.size, old)
+    # (numpy: op-by-op jnp here would compile a small program per leaf shape)
+    old = jax.tree.map(lambda x: np.asarray(x) + 0.01 * np.arange(x.size, dtype=x.dtype).reshape(x.shape) / x.size,
+                       old)
     fresh = _init(CTX, 1)
     merged, rep = EZ.expand_params(old, fresh)
     assert isinstance(jax.tree.leaves(merged, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))[0],
@@ -66,7 +68,7 @@ def test_expand_params_stage1_to_stage2_report_and_function():
 
 
 def test_expand_params_strict_names_mismatches():
-    old = _plain(_init(None))
+    old = _plain(_init(None, 0))
     old["mask_embed"] = jnp.zeros((C + 1,))
     old["extra_thing"] = {"kernel": jnp.zeros((2, 2))}
     with pytest.raises(ValueError, match="mask_embed.*|extra_thing"):
@@ -114,7 +116,7 @@ def test_masked_loss_uses_mask_times_valid(monkeypatch):
     valid = np.ones((2, T), np.float32)
     valid[:, -3:] = 0
     batch = {"latent": r.standard_normal((2, T, C)).astype(np.float32), "mask": mask, "latent_valid": valid}
-    loss, _ = loss_fn(_plain(_init(None)), batch, jax.random.PRNGKey(0))
+    loss, _ = loss_fn(_plain(_init(None, 0)), batch, jax.random.PRNGKey(0))
     np.testing.assert_array_equal(np.asarray(seen["loss_mask"]), mask * valid)
     assert "text" not in seen["cond"] and np.isfinite(float(loss))
 

@@ -20,10 +20,14 @@ def tiny():
     c.model.in_channels = c.model.out_channels = 8  # 2 frames x 4 bins
     c.sampler.num_steps = 4
     model = tta.denoiser_of(c)
-    params = meta.unbox(model.init(jax.random.PRNGKey(0), (6, 8), 5))
-    # make the zero-initialised output paths non-trivial so the test can see conditioning
-    params = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
-    return c, model, params
+
+    @jax.jit  # one program: op-by-op init and per-leaf noise dispatch many small compiles on the CPU
+    def init(key):
+        params = meta.unbox(model.init(key, (6, 8), 5))
+        # make the zero-initialised output paths non-trivial so the test can see conditioning
+        return jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
+
+    return c, model, init(jax.random.PRNGKey(0))
 
 
 def test_patchify_roundtrip_and_mask():
@@ -38,7 +42,7 @@ def test_patchify_roundtrip_and_mask():
 
 def test_loss_uses_masked_frames_only(tiny):
     c, model, params = tiny
-    loss_fn = tta.make_loss_fn(model, c)
+    loss_fn = jax.jit(tta.make_loss_fn(model, c))  # both calls below share the compiled program
     rs = np.random.RandomState(0)
     batch = {"latent": jnp.asarray(rs.randn(2, 12, 4), jnp.float32),
              "text": jnp.asarray(rs.randn(2, 5, 384), jnp.float32), "text_mask": jnp.ones((2, 5), bool),
@@ -108,7 +112,7 @@ def test_wiener_preconditioning_wiring(tiny):
         params, {"text": text, "text_mask": mask}, {"text": null, "text_mask": null_mask}, jax.random.PRNGKey(0), (6, 8))
     assert np.isfinite(np.asarray(pre)).all() and not np.allclose(np.asarray(pre), np.asarray(plain))
     batch = {"latent": jnp.asarray(rs.randn(2, 12, 4), jnp.float32), "text": text, "text_mask": mask}
-    loss, _ = tta.make_loss_fn(model, c)(params, batch, jax.random.PRNGKey(0))
+    loss, _ = jax.jit(tta.make_loss_fn(model, c))(params, batch, jax.random.PRNGKey(0))
     assert np.isfinite(float(loss))
 
     # precondition_loss_power = 1: the loss is the network's own (normalised) error, c_out^-2 times the x0 error

@@ -1,8 +1,9 @@
 """launch.precompute --system: any codec x text encoder of the registries, from a system config's sections.
 
-End to end (subprocess, tiny random / tiny released-layout weights): (a) Oobleck VAE + FLAN-T5-layout
-folder -> sequence latents [T, C]; (b) Auffusion's KL-VAE over mel images + a multi-encoder (T5 + CLIP)
--> image latents [H, T, C] and one text feature per encoder. The manifest records the registries' info,
+End to end (tiny random / tiny released-layout weights): (a) through the CLI (subprocess): Oobleck VAE +
+FLAN-T5-layout folder -> sequence latents [T, C]; (b) in this process (data_pipeline.build.run, what the
+CLI calls): Auffusion's KL-VAE over mel images + a multi-encoder (T5 + CLIP) -> image latents [H, T, C] and
+one text feature per encoder. The manifest records the registries' info,
 and the records hold exactly what the same sections encode in this process.
 """
 import json
@@ -64,6 +65,17 @@ def _precompute(system: str, out: str, raw_dir: str, *extra: str) -> subprocess.
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _precompute_here(codec: dict, text: dict, out: str, raw_dir: str) -> dict:
+    """What :func:`_precompute` runs, in this process (the CLI itself is run by the other tests here):
+    the precompute defaults with the same overrides, the system sections as ``--system`` loads them."""
+    import ml_collections
+
+    c = precompute_defaults()
+    c.source, c.source_args.root, c.audio.crop_seconds = "folder", raw_dir, SECONDS
+    c.shard_size, c.batch_size = 3, 2
+    return build.run(c, out, system=ml_collections.ConfigDict({"codec": codec, "text": text}), progress=False)
+
+
 def _read(out: str) -> tuple[dict, list[dict]]:
     with open(os.path.join(out, "manifest.json")) as f:
         m = json.load(f)
@@ -113,14 +125,12 @@ def test_oobleck_and_t5_folder_from_a_system_config(raw, tmp_path):
     assert null["text"].shape == (12, 32) and null["text_mask"].sum() == 1  # "" -> the EOS token alone
 
 
-@pytest.mark.slow  # 15 s on 2 cores, 40-50 s when they are shared (a subprocess + the same codec here)
+@pytest.mark.slow  # 15 s on 2 cores, 40-50 s when they are shared (the precompute + the same codec here)
 def test_kl_mel_image_and_multi_encoder_from_a_system_config(raw, tmp_path):
     from tta_jax.data.loader import LoaderConfig, make_dataset
 
-    system = _system_file(tmp_path / "auffusion_tiny_system.py", KL_IMAGE, MULTI)
     out = str(tmp_path / "out")
-    p = _precompute(system, out, raw)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert _precompute_here(KL_IMAGE, MULTI, out, raw)["num_records"] == 5
     m, recs = _read(out)
     codec = build_codec(KL_IMAGE)
     assert m["codec"] == codec.info
