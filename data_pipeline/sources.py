@@ -55,6 +55,7 @@ class Example:
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     audio: np.ndarray | None = None
     sample_rate: int | None = None
+    refs: tuple = ()        # reference clips (Examples) conditioning this one (SERST, DreamAudio)
 
 
 @dataclasses.dataclass(frozen=True)

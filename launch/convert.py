@@ -17,10 +17,13 @@ mis-shaped key stops the conversion with its name (``--allow_partial`` reports i
 text_encoder_<i>/, condition_adapter_<i>/) and writes a sampling workdir instead: ``config.json`` (the
 ``configs/auffusion.py`` system with the folder's architecture and paths; ``--config '{"system":
 "configs/auffusion.py:full", "overrides": ["sampler.num_steps=50"]}'`` to change it), ``checkpoints/0``
-(adapters + U-Net) and ``assets/``, so ``launch.sample --workdir OUT`` samples from it.
+(adapters + U-Net) and ``assets/``, so ``launch.sample --workdir OUT`` samples from it. ``--family tango`` does
+the same for a released Tango folder (main_config.json, pytorch_model_main.bin, pytorch_model_vae.bin with the
+CompVis-named VAE and the vocoder, pytorch_model_stft.bin; ``configs/tango.py``); FLAN-T5's tokenizer is not in
+the release: ``--config '{"overrides": ["text.path=/models/flan-t5-large"]}'``.
 
 Families: ezaudio_dit, diffusers_unet, oobleck, kl_vae, hifigan, bigvgan, bert, t5, clip_text, clap_text,
-clap_audio, auffusion.
+clap_audio, auffusion, tango.
 """
 from __future__ import annotations
 

@@ -116,6 +116,9 @@ def train(config, workdir: str, minutes: float):
     from tta_jax.train.loop import train as run_train
 
     validate_config(config)
+    os.makedirs(workdir, exist_ok=True)  # the workdir samples on its own: launch.sample --workdir reads this
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
     t0 = time.time()
     res = run_train(config, workdir, guard=BudgetGuard(minutes * 60))
     log.info("train: steps %d -> %d (%s) in %.1f min", res.start_step, res.step, res.reason,
@@ -144,38 +147,10 @@ def write_grid(path, mels, titles):
 
 
 def evaluate(audio, families, sample_rate: int = 22050):
-    """Generated audio [N, S] at ``sample_rate`` (resampled to the evaluator's 22.05 kHz) prompted with ``families[i]`` (1 or 2 family names) -> metrics
-    from the package's in-domain evaluator (the 3000-clip one, >= 90 % family accuracy on its real test
-    split; trained and cached on first use): a clip is a hit when its predicted family set equals the
-    prompted one (:func:`tta_jax.eval.indomain.predicted_family_sets`)."""
-    import numpy as np
+    """The in-domain evaluator's scores of generated audio (:func:`tta_jax.eval.indomain.score_generated`)."""
+    from tta_jax.eval.indomain import score_generated
 
-    from tta_jax.eval import indomain
-
-    ev = indomain.get_or_train()
-    if sample_rate != 22050:
-        from tta_jax.audio.io import resample
-
-        audio = np.stack([resample(np.asarray(a), sample_rate, 22050) for a in audio])
-    mels_gen = indomain.logmel(audio)
-    names = list(indomain.SOURCES)
-    pred = indomain.predicted_family_sets(ev.predict(mels_gen), [len(set(f)) for f in families])
-    hits = [int(p == sorted({names.index(x) for x in f})) for p, f in zip(pred, families)]
-    one = [i for i, f in enumerate(families) if len(f) == 1]
-    n, seed = int(ev.info["num_clips"]), int(ev.info["seed"])  # the evaluator's own held-out splits
-    _, test_m, test_l, _ = indomain.embedded_arrays(n, seed, ("test",))
-    _, val_m, _, _ = indomain.embedded_arrays(n, seed, ("valid",))
-    fd_gen = ev.frechet(mels_gen, test_m)
-    fd_base = ev.frechet(val_m[:len(mels_gen)], test_m)
-    from tta_jax.eval.metrics import accuracy_vs_chance
-
-    vs_chance = accuracy_vs_chance(sum(hits[i] for i in one), len(one), 1.0 / len(names))
-    return dict(prompt_family_accuracy=float(np.mean([hits[i] for i in one])), per_prompt_hit=hits,
-                prompt_family_vs_chance=vs_chance,
-                prompt_family_accuracy_all=float(np.mean(hits)),
-                predicted=[" + ".join(names[j] for j in p) for p in pred], fd_generated_vs_test=float(fd_gen),
-                fd_real_valid_vs_test=float(fd_base), evaluator_test_accuracy=ev.accuracy(test_m, test_l),
-                chance=1.0 / len(names)), mels_gen
+    return score_generated(audio, families, sample_rate)
 
 
 def main(argv):

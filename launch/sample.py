@@ -5,7 +5,8 @@ Loads the run's config (``DIR/config.json`` written by launch/train.py, or ``--c
 then calls the system's sampling pipeline named by ``config.sample_pipeline`` ("module.path:function")::
 
     function(config, params, prompts: list[str], out_dir: str, *, seed: int, steps: int | None,
-             guidance: float | None, rescale: float | None, workdir: str) -> list[str]   # paths written
+             guidance: float | None, rescale: float | None, workdir: str[, references: list[str]])
+        -> list[str]   # paths written (``references`` only when --reference is given)
 
 The latent text-to-audio systems (any denoiser, codec and text encoder) use
 ``tta_jax.pipelines.tta:sample_pipeline``: a WAV and a spectrogram PNG per prompt, all prompts in one batched,
@@ -23,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from launch import cli
+from launch.runs import check_checkpoint, checkpoint_steps, load_config  # noqa: F401 (re-exported)
 from tta_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: DIR/config.json).")
@@ -35,39 +37,8 @@ _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the config
 _GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the config's).")
 _RESCALE = flags.DEFINE_float("rescale", None, "CFG rescale phi (default: the config's).")
 _RAW = flags.DEFINE_bool("no_ema", False, "Use the raw params instead of the EMA.")
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-    """Finished checkpoint steps under ``workdir/checkpoints`` (numbered step folders), ascending."""
-    d = os.path.join(workdir, "checkpoints")
-    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
-
-
-def load_config(workdir: str, config=None):
-    if config is not None:
-        return config
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        if not checkpoint_steps(workdir):
-            raise UserError(f"no training run in {workdir} (no config.json / checkpoints)")
-        raise UserError(f"{path} not found: pass --config configs/X.py (the run's config file)")
-    import ml_collections
-    with open(path) as f:
-        try:
-            return ml_collections.ConfigDict(json.load(f))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e})") from e
-
-
-def check_checkpoint(workdir: str, step: int | None) -> None:
-    """Raises :class:`UserError` naming the checkpoints folder when the (requested) step is not there."""
-    steps = checkpoint_steps(workdir)
-    where = os.path.join(workdir, "checkpoints")
-    if not steps:
-        raise UserError(f"no checkpoints in {where}: train first (python -m launch.train --workdir {workdir})")
-    if step is not None and step not in steps:
-        raise UserError(f"no checkpoint for --step {step} in {where} (have {steps[:10]}"
-                        f"{' ...' if len(steps) > 10 else ''})")
+_REFERENCE = flags.DEFINE_multi_string("reference", None, "Reference audio file for a reference-conditioned "
+                                       "system (SERST; repeat for several): the same references for every prompt.")
 
 
 def resolve(dotted: str, key: str):
@@ -94,8 +65,10 @@ def main(argv):
     params, step = load_params(_WORKDIR.value, step=_STEP.value, ema=not _RAW.value)
     logging.info("loaded %s params from step %d", "raw" if _RAW.value else "EMA", step)
     os.makedirs(_OUT.value, exist_ok=True)
+    extra = {"references": list(_REFERENCE.value)} if _REFERENCE.value else {}
     paths = fn(config, params, list(_PROMPT.value), _OUT.value, seed=_SEED.value,
-               steps=_STEPS.value, guidance=_GUIDANCE.value, rescale=_RESCALE.value, workdir=_WORKDIR.value)
+               steps=_STEPS.value, guidance=_GUIDANCE.value, rescale=_RESCALE.value, workdir=_WORKDIR.value,
+               **extra)
     for p in paths or []:
         print(p)
 

@@ -27,7 +27,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOTS = ("tta_jax", "data_pipeline", "launch")
 MODEL_PACKAGES = tuple(f"tta_jax.{p}" for p in
-                       ("denoisers", "codecs", "text", "vocoders", "eval", "nn", "diffusion", "audio"))
+                       ("denoisers", "codecs", "text", "vocoders", "eval", "nn", "diffusion", "audio",
+                        "conditioners"))
 # The codec / text-encoder registries (issue 17, item 2) are loaders, not models: they build a codec or text
 # encoder from a config section and its released weights through tta_jax.convert (rule (c) exempts them).
 REGISTRIES = ("tta_jax.codecs.registry", "tta_jax.text.registry")

@@ -107,10 +107,10 @@ def test_mel_image_decode_gives_hop_times_frames_for_registry_vocoders(preset):
     """Every vocoder preset of the codec registry (full size, shapes only) decodes T latent frames to
     exactly T * hop_length samples (AudioLDM's generator makes 160 * frames + 32; the codec crops)."""
     from tta_jax.codecs import kl_vae
-    from tta_jax.codecs.registry import _vocoder_presets
+    from tta_jax.codecs.registry import vocoder_presets
     from tta_jax.vocoders.hifigan import HiFiGANGenerator
 
-    voc = _vocoder_presets()[preset]
+    voc = vocoder_presets()[preset]
     mel, image, vae = ((M.AUFFUSION, "auffusion", "sd_tiny") if preset == "auffusion_16k"
                        else (M.AUDIOLDM, "audioldm", "audioldm_tiny"))
     codec = _mel_image_codec(mel, image, vae, voc)

@@ -63,7 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict(dict(
         beta_schedule="scaled_linear", num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
         zero_terminal_snr=False, prediction_type="epsilon", min_snr_gamma=0.0, min_snr_variant="standard",
-        flow_time_sampler="uniform", flow_shift=1.0, cond_drop_prob=0.1, precondition="none", sigma_data=0.5,
+        flow_time_sampler="uniform", flow_shift=1.0, cond_drop_prob=0.1, ref_drop_prob=0.1, precondition="none",
+        sigma_data=0.5,
         precondition_loss_power=0.0))
 
     c.sampler = ml_collections.ConfigDict(dict(

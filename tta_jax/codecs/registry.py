@@ -261,7 +261,7 @@ def oobleck_codec(cfg, params, *, sample: bool = False, sample_seed: int = 0, in
 
 
 # ------------------------------------------------------------------------------------------------ mel image
-def _vocoder_presets() -> dict:
+def vocoder_presets() -> dict:
     from tta_jax.vocoders.hifigan import AUDIOLDM_16K, AUFFUSION_16K, HiFiGANConfig
 
     # "tiny": 16 kHz, hop 160 = 10 * 4 * 4 (kernel - rate even: exact lengths), 16 channels (tests).
@@ -321,7 +321,7 @@ def _build_mel_image(s: dict, where: str) -> Codec:
         mel = mel.replace(n_mels=int(s["n_mels"]))
     image = sections.choice(s["image"], IMAGES, f"{where}.image")
     vae_cfg = _preset(kl_vae.CONFIGS, s["vae_config"], f"{where}.vae_config")
-    voc_cfg = dataclasses.replace(_preset(_vocoder_presets(), s["vocoder_config"], f"{where}.vocoder_config"),
+    voc_cfg = dataclasses.replace(_preset(vocoder_presets(), s["vocoder_config"], f"{where}.vocoder_config"),
                                   num_mels=mel.n_mels)
     if _init(s, where) == "random":
         def init(key):
@@ -386,4 +386,4 @@ def resolve_codec_section(section: Any, where: str = "config.codec") -> dict:
 
 
 __all__ = ["Codec", "Builder", "CODECS", "SEQUENCE", "IMAGE", "build_codec", "resolve_codec_section",
-           "oobleck_config", "oobleck_codec"]
+           "vocoder_presets", "oobleck_config", "oobleck_codec"]

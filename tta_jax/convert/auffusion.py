@@ -33,6 +33,7 @@ import numpy as np
 
 from tta_jax.convert.common import (ConversionError, collect_reports, flatten_params, read_torch_pickle,
                                     unflatten_params)
+from tta_jax.convert.workdir import write_workdir  # noqa: F401  (re-exported: moved to the neutral module)
 
 CONDITIONS = "condition_config.json"
 ADAPTER_FILE = "condition_adapter.pt"
@@ -91,15 +92,21 @@ def text_section(conditions: list[dict]) -> dict:
 def unet_fields(folder: str) -> dict:
     """``unet/config.json`` -> ``config.model`` fields of our U-Net (the core ones always, others when they
     differ from the defaults). An option this port does not implement raises naming the key."""
+    path = os.path.join(folder, "unet", "config.json")
+    return unet_fields_from_config(_json(path), path)
+
+
+def unet_fields_from_config(raw: Mapping[str, Any], where: str) -> dict:
+    """A diffusers ``UNet2DConditionModel`` config dict -> ``config.model`` fields (see :func:`unet_fields`);
+    ``where`` (its file) is named in errors."""
     import jax.numpy as jnp
 
     from tta_jax.denoisers.unet import UNet
 
-    path = os.path.join(folder, "unet", "config.json")
     try:
-        m = UNet.from_diffusers_config(_json(path))
+        m = UNet.from_diffusers_config(raw)
     except (ValueError, TypeError) as e:
-        raise ConversionError(f"{path}: {e}") from e
+        raise ConversionError(f"{where}: {e}") from e
     fields = {"name": "unet"}
     for f in dataclasses.fields(UNet):
         if f.name in ("parent", "name"):
@@ -130,8 +137,8 @@ def _vae_preset(folder: str) -> str:
 def _vocoder(folder: str) -> tuple[str, str, int]:
     """-> (codec.vocoder, codec.vocoder_config, n_mels) for ``vocoder/``: the folder when the HiFi-GAN loader
     finds its weights there, else its ``vocoder.pt`` with the preset of the same architecture."""
-    from tta_jax.codecs.registry import _vocoder_presets
-    from tta_jax.convert.hifigan import _WEIGHT_NAMES
+    from tta_jax.codecs.registry import vocoder_presets
+    from tta_jax.convert.hifigan import HIFIGAN_WEIGHT_NAMES
     from tta_jax.vocoders.hifigan import HiFiGANConfig
 
     vdir = os.path.join(folder, "vocoder")
@@ -140,18 +147,18 @@ def _vocoder(folder: str) -> tuple[str, str, int]:
         cfg = HiFiGANConfig.from_json_dict(_json(path))
     except (KeyError, TypeError, ValueError) as e:
         raise ConversionError(f"{path}: not a HiFi-GAN config ({e!r})") from e
-    if any(os.path.exists(os.path.join(vdir, n)) for n in _WEIGHT_NAMES):
+    if any(os.path.exists(os.path.join(vdir, n)) for n in HIFIGAN_WEIGHT_NAMES):
         return os.path.abspath(vdir), "auffusion_16k", cfg.num_mels
     weights = os.path.join(vdir, "vocoder.pt")
     if not os.path.exists(weights):
-        raise ConversionError(f"{vdir}: no vocoder.pt (nor any of {', '.join(_WEIGHT_NAMES)})")
+        raise ConversionError(f"{vdir}: no vocoder.pt (nor any of {', '.join(HIFIGAN_WEIGHT_NAMES)})")
     arch = ("upsample_rates", "upsample_kernel_sizes", "upsample_initial_channel", "resblock",
             "resblock_kernel_sizes", "resblock_dilation_sizes")
-    for name, preset in _vocoder_presets().items():
+    for name, preset in vocoder_presets().items():
         if all(getattr(preset, k) == getattr(cfg, k) for k in arch):
             return os.path.abspath(weights), name, cfg.num_mels
     raise ConversionError(f"{path}: a HiFi-GAN of {[(k, getattr(cfg, k)) for k in arch]} matches no vocoder preset "
-                          f"of the codec registry ({sorted(_vocoder_presets())})")
+                          f"of the codec registry ({sorted(vocoder_presets())})")
 
 
 def auffusion_config(folder: str, base):
@@ -271,46 +278,11 @@ def load_auffusion(folder: str, config, *, strict: bool = True) -> dict:
 
 def check_components(config) -> None:
     """Loads the codec (VAE + vocoder) and text encoders the config names, so a bad file fails at conversion
-    (naming it) rather than at sampling."""
-    from tta_jax.codecs.registry import build_codec
-    from tta_jax.text.registry import build_text_encoder
+    (naming it) rather than at sampling (:func:`tta_jax.convert.workdir.check_components`)."""
+    from tta_jax.convert.workdir import check_components as check
 
-    for build, section in ((build_codec, config.codec), (build_text_encoder, config.text)):
-        with collect_reports():  # keep the converter's message: it names the file
-            try:
-                build(section)
-            except ConversionError as e:
-                if e.report is None:
-                    raise
-                raise ConversionError(str(e), details=e.report.details()) from None
+    check(config)
 
 
-def write_workdir(out: str, config, params) -> str:
-    """``out/config.json`` + ``out/checkpoints/0`` ({"params": ...}) + ``out/assets/latent.json``: what
-    ``python -m launch.sample --workdir out`` loads. -> the checkpoint directory."""
-    import jax
-    import jax.numpy as jnp
-
-    from tta_jax.pipelines.tta import save_assets
-    from tta_jax.train.checkpoint import Checkpointer
-
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    ckpt = Checkpointer(os.path.join(out, "checkpoints"), max_to_keep=1, async_save=False)
-    try:
-        ckpt.save(0, {"params": jax.tree_util.tree_map(jnp.asarray, params)}, None, force=True)
-    finally:
-        ckpt.close()
-    frames = int(config.data.crop_frames or 0)
-    if frames:
-        from tta_jax.codecs.kl_vae import CONFIGS
-
-        vae = CONFIGS[config.codec.vae_config]
-        h = int(config.codec.n_mels) // vae.downsample_factor
-        save_assets(config, out, (h, frames, vae.latent_channels))
-    return os.path.join(out, "checkpoints")
-
-
-__all__ = ["read_conditions", "text_section", "unet_fields", "auffusion_config", "load_adapter",
-           "load_auffusion", "check_components", "write_workdir"]
+__all__ = ["read_conditions", "text_section", "unet_fields", "unet_fields_from_config", "auffusion_config",
+           "load_adapter", "load_auffusion", "check_components", "write_workdir"]

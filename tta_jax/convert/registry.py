@@ -99,34 +99,69 @@ def _clap_audio(src, cfg, strict):
     return variables, hcfg.to_dict()
 
 
+def _system_args(family: str, src: str, cfg, layout: str, system_file: str, *, pre_apply: bool = False):
+    """``--config`` of a released-folder family: ``{"system": "configs/<x>.py[:variant]", "overrides": [...]}``
+    -> (the system config, with the overrides when ``pre_apply``; the overrides). Refused before any weight
+    is read."""
+    from tta_jax import config as C
+
+    if cfg is not None and not isinstance(cfg, dict):
+        raise InvalidArgument(f"--config for {family} must be a JSON object, got {cfg!r}")
+    cfg = dict(cfg or {})
+    bad = sorted(set(cfg) - {"system", "overrides"})
+    if bad:
+        raise InvalidArgument(f"--config: unknown key {bad[0]!r} for {family} (system, overrides)")
+    system = cfg.get("system") or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "configs", system_file)
+    if not os.path.isdir(src):
+        raise InvalidArgument(f"--src {src} must be a released {layout}")
+    overrides = list(cfg.get("overrides") or ())
+    return C.load_config(system, overrides if pre_apply else ()), overrides
+
+
+def _filled(config, overrides):
+    from tta_jax import config as C
+
+    C.apply_overrides(config, overrides)   # the user's word wins over what the folder says
+    C.validate_config(config)
+    return config
+
+
 def _auffusion(src, cfg, strict):
     """A released Auffusion folder -> (params, the filled ``configs/auffusion.py`` config as a dict).
     ``--config`` (optional): ``{"system": "configs/auffusion.py[:variant]", "overrides": ["key=value", ...]}``;
     the default system is this checkout's ``configs/auffusion.py`` (variant ``full``: the objective and
     sampler; model, text and codec come from the folder)."""
-    from tta_jax import config as C
     from tta_jax.convert import auffusion as A
 
-    if cfg is not None and not isinstance(cfg, dict):
-        raise InvalidArgument(f"--config for auffusion must be a JSON object, got {cfg!r}")
-    cfg = dict(cfg or {})
-    bad = sorted(set(cfg) - {"system", "overrides"})
-    if bad:
-        raise InvalidArgument(f"--config: unknown key {bad[0]!r} for auffusion (system, overrides)")
-    system = cfg.get("system") or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "configs", "auffusion.py")
-    if not os.path.isdir(src):
-        raise InvalidArgument(f"--src {src} must be a released Auffusion folder (condition_config.json, unet/, ...)")
-    config = A.auffusion_config(src, C.load_config(system))
-    C.apply_overrides(config, list(cfg.get("overrides") or ()))
-    C.validate_config(config)
+    base, overrides = _system_args("auffusion", src, cfg, "Auffusion folder (condition_config.json, unet/, ...)",
+                                   "auffusion.py")
+    config = _filled(A.auffusion_config(src, base), overrides)
     params = A.load_auffusion(src, config, strict=strict)
     A.check_components(config)
     return params, config
 
 
-def _auffusion_workdir(params, config, out):
-    from tta_jax.convert.auffusion import write_workdir
+def _tango(src, cfg, strict):
+    """A released Tango folder (main_config.json, pytorch_model_{main,vae,stft}.bin, ...) -> (U-Net params, the
+    filled ``configs/tango.py`` config). ``--config`` as for auffusion; the overrides apply before the folder's
+    facts are checked against the presets (e.g. ``codec.vae_config``) and again after filling (e.g.
+    ``text.path=/ckpt/flan-t5-large``, which the folder does not carry). The codec is loaded as a check; the
+    text encoder too when the config names its weights."""
+    from tta_jax.convert import tango as T
+    from tta_jax.convert.workdir import check_components
+
+    base, overrides = _system_args("tango", src, cfg, "Tango folder (main_config.json, pytorch_model_main.bin, "
+                                   "pytorch_model_vae.bin, ...)", "tango.py", pre_apply=True)
+    config = _filled(T.tango_config(src, base), overrides)
+    params = T.load_tango(src, config, strict=strict)
+    text = config.text
+    check_components(config, text=bool(text.get("path")) or text.get("init") == "random")
+    return params, config
+
+
+def _system_workdir(params, config, out):
+    from tta_jax.convert.workdir import write_workdir
 
     return write_workdir(out, config, params)
 
@@ -135,11 +170,11 @@ FAMILIES: dict[str, Callable[[str, Any, bool], tuple[Any, Any]]] = {
     "ezaudio_dit": _dit, "diffusers_unet": _unet, "oobleck": _oobleck, "kl_vae": _kl_vae,
     "hifigan": _hifigan, "bigvgan": _bigvgan, "bert": _bert, "t5": _text("load_t5_dir"),
     "clip_text": _text("load_clip_text_dir"), "clap_text": _text("load_clap_text_dir"),
-    "clap_audio": _clap_audio, "auffusion": _auffusion,
+    "clap_audio": _clap_audio, "auffusion": _auffusion, "tango": _tango,
 }
 # families that write a sampling workdir (config.json + checkpoints/ + assets/, what ``launch.sample
 # --workdir`` loads) instead of a params file; their converter returns the system config as the second item
-WORKDIRS: dict[str, Callable[[Any, Any, str], str]] = {"auffusion": _auffusion_workdir}
+WORKDIRS: dict[str, Callable[[Any, Any, str], str]] = {"auffusion": _system_workdir, "tango": _system_workdir}
 
 
 def parse_config(text: str) -> Any:

@@ -141,6 +141,16 @@ def caption_for(spec: dict[str, Any]) -> str:
             f"{ev['dynamics']}, {ev['tempo']} tempo.")
 
 
+def neutral_caption(labels: dict[str, str]) -> str:
+    """A caption of a single-event clip's labels that names no instrument or family (how it is played:
+    pattern, register, dynamics, tempo), e.g. "A short melody in a high register, soft and slow." Reference-
+    style data (SERST) uses it so that only the reference audio says which instrument to play."""
+    if labels.get("family") == DRUMS:
+        return f"A {labels['dynamics']} rhythm at a {labels['tempo']} tempo."
+    pat = _PATTERN_NP.get(labels.get("pattern", ""), "a sound")
+    return f"{pat[0].upper()}{pat[1:]} in a {labels['register']} register, {labels['dynamics']} and {labels['tempo']}."
+
+
 def labels_for(spec: dict[str, Any]) -> dict[str, str]:
     """Flat label columns: family, program, instrument, pattern, register, dynamics, tempo
     (event 1) and the same with a `2_` prefix for event 2 ('' for single-event clips)."""

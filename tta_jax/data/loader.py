@@ -15,7 +15,9 @@ Batch (per process, numpy): latent [B, T, C] (sequence records) or [B, H, T, C] 
 a KL-VAE over a mel image, H = frequency rows) float32; time is always axis -2 and `crop_frames`
 crops / zero-pads along it. Per time frame in both cases: latent_valid [B, T] float32 (1 = real
 frame) and mask [B, T] float32 (1 = generate) when masks are on. Also caption_dropped [B] bool, each
-text feature the precompute stored (e.g. input_ids [B, L] or text [B, L, D] + text_mask [B, L]), and
+text feature the precompute stored (e.g. input_ids [B, L] or text [B, L, D] + text_mask [B, L]), each
+reference feature (record field ``ref:<name>`` [K, ...] -> <name> [B, K, ...]) with reference_mask [B, K]
+(all False where the example's references were dropped, p = reference_dropout), and
 caption [B] str + key [B] str when `keep_strings`.
 
 Multiprocessing note: parse absl flags (app.run) *before* building the loader; grain's worker
@@ -43,6 +45,7 @@ class LoaderConfig:
     num_epochs: int | None = None       # None: repeat forever
     crop_frames: int | None = None      # random crop along the latent's time axis -2 (zero-padded if shorter)
     caption_dropout: float = 0.0        # p of replacing text features with the null caption's (per encoder)
+    reference_dropout: float = 0.0      # p of switching an example's references off (reference_mask all False)
     mask_partial_prob: float | None = None  # EzAudio masks: None = off, else 0.25
     mask_span: int = 10
     split: str | None = None            # keep only records of this split
@@ -131,6 +134,13 @@ class _Augment:
             if k.startswith("txt:"):
                 name = k[4:]
                 out[name] = self.null[name] if (dropped[text_group(k)] and self.null is not None) else v
+        refs = [k for k in rec if k.startswith("ref:")]
+        if refs:  # K reference features per example (``ref:<name>`` [K, ...]), dropped together for CFG
+            k_refs = int(np.shape(rec[refs[0]])[0])
+            keep = not (cfg.reference_dropout > 0 and rng.uniform() < cfg.reference_dropout)
+            for k in refs:
+                out[k[4:]] = np.asarray(rec[k])
+            out["reference_mask"] = np.full((k_refs,), keep)
         if cfg.mask_partial_prob is not None:
             out["mask"] = sample_mask(valid.shape[0], rng, cfg.mask_partial_prob, cfg.mask_span)
         if cfg.keep_strings:

@@ -306,11 +306,13 @@ def with_text_adapters(den: Denoiser, num_encoders: int, *, single: bool = False
 DENOISERS: dict[str, Callable[[Mapping[str, Any]], Denoiser]] = {"dit": _build_dit, "unet": _build_unet}
 
 
-def build_denoiser(model_section) -> Denoiser:
+def build_denoiser(model_section, inner: Callable[[Denoiser], Denoiser] | None = None) -> Denoiser:
     """``config.model`` -> :class:`Denoiser`; ``name`` (default ``"dit"``) picks the family.
     ``text_adapters=True`` puts one text adapter in front of the denoiser's ``text`` (a single-encoder
     Auffusion model; :func:`with_text_adapters`), ``text_padding`` says how it sees padded positions.
-    (Several encoders: :func:`tta_jax.pipelines.tta.denoiser_of` wraps with one adapter per encoder.)"""
+    (Several encoders: :func:`tta_jax.pipelines.tta.denoiser_of` wraps with one adapter per encoder.)
+    ``inner``: a wrapper applied to the network inside the text adapters (a conditioner that reads the
+    adapted text, e.g. SERST's)."""
     fields = _fields(model_section)
     adapters = fields.pop("text_adapters", False)
     padding = fields.pop("text_padding", "mask")
@@ -320,6 +322,8 @@ def build_denoiser(model_section) -> Denoiser:
     if not isinstance(adapters, bool):
         raise ConfigError(f"config.model.text_adapters={adapters!r}; expected true or false")
     den = DENOISERS[name](fields)
+    if inner is not None:
+        den = inner(den)
     if adapters:
         return with_text_adapters(den, 1, single=True, padding=padding)
     if padding != "mask":

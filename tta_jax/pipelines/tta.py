@@ -98,16 +98,21 @@ def denoiser_of(config) -> Denoiser:
     (:func:`tta_jax.denoisers.factory.with_text_adapters`). ``config.model.text_adapters = True`` puts one
     adapter in front of a single encoder's ``text`` too (Auffusion's CLIP-only model);
     ``config.model.text_padding`` (``"mask"`` | ``"zeros"``) is how the adapters see padded positions. These
-    two keys are the wrapper's, not the denoiser family's."""
+    two keys are the wrapper's, not the denoiser family's. ``config.conditioner`` (e.g. SERST's reference
+    adapter, :mod:`tta_jax.conditioners.registry`) wraps the denoiser inside the text adapters."""
+    from tta_jax.conditioners.registry import wrap_denoiser
+
     fields = dict(config.model.to_dict() if hasattr(config.model, "to_dict") else config.model)
     text = config.get("text") or {}
-    if text.get("name") == "multi":  # one adapter per encoder (text_adapters is implied)
+    conditioner = config.get("conditioner")
+    if text.get("name") == "multi":  # one adapter per encoder (text_adapters is implied), outside the conditioner
         padding = fields.pop("text_padding", "mask")
         fields.pop("text_adapters", None)
-        return with_text_adapters(build_denoiser(fields), len(text.get("encoders") or ()), padding=padding)
+        return with_text_adapters(wrap_denoiser(build_denoiser(fields), conditioner),
+                                  len(text.get("encoders") or ()), padding=padding)
     if fields.get("text_adapters") and text.get("name") in (None, "", "none"):
         raise ConfigError("config.model.text_adapters=True needs a text encoder (config.text.name)")
-    return build_denoiser(fields)
+    return build_denoiser(fields, inner=lambda den: wrap_denoiser(den, conditioner))
 
 
 def dit_config_from(config):
@@ -693,7 +698,8 @@ def build_task(config, mesh):
     check_latent_space(config, den)
     nproc = jax.process_count()
     lcfg = LoaderConfig.from_experiment(config.data, config.train.batch_size // nproc, config.seed,
-                                        caption_dropout=config.diffusion.cond_drop_prob)
+                                        caption_dropout=config.diffusion.cond_drop_prob,
+                                        reference_dropout=float(config.diffusion.get("ref_drop_prob", 0.0)))
     latent = list(shapes["latent"][0])
     den.check_latent_shape(tuple(latent), f"{data_dir}/manifest.json 'latent'")
     if lcfg.crop_frames:
@@ -752,9 +758,11 @@ def check_params(denoiser: Denoiser, params, shape: Sequence[int], context_len: 
 
 def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, steps: int | None = None,
                    guidance: float | None = None, rescale: float | None = None, num_frames: int | None = None,
-                   workdir: str | None = None):
+                   workdir: str | None = None, references: Sequence[Any] | None = None):
     """All prompts in one batched, jitted sampling call -> (latents [N, T, C] or [N, H, T, C], audio [N, S],
-    codec). ``workdir``: the training run, whose ``assets/`` hold the token PCA (no training data needed)."""
+    codec). ``workdir``: the training run, whose ``assets/`` hold the token PCA (no training data needed).
+    ``references``: audio files (or arrays) for a system conditioned on reference audio (SERST), the same
+    ones for every prompt; CFG's unconditioned branch drops them with the prompt."""
     from flax.core import meta
 
     from tta_jax.codecs.registry import build_codec
@@ -777,6 +785,17 @@ def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, ste
     cond, uncond = text_conds(text.encode, prompts, negative) if text is not None else ({}, {})
     if not cond:  # an unconditional model: the batch size comes from the number of prompts alone
         raise ConfigError("config.text.name is 'none': this system has no prompt to sample from")
+    if "reference" in den.cond_keys:
+        if not references:
+            raise ConfigError("this system is conditioned on reference audio (config.conditioner): pass one or more "
+                              "references (launch.sample --reference clip.wav)")
+        from tta_jax.conditioners.registry import reference_cond
+
+        rc, ru = reference_cond(config.conditioner, references, len(prompts))
+        cond.update({k: jnp.asarray(v) for k, v in rc.items()})
+        uncond.update({k: jnp.asarray(v) for k, v in ru.items()})
+    elif references:
+        raise ConfigError("references given, but this system reads no reference audio (config.conditioner)")
     params = meta.unbox(params)
     context_len = int(cond["text"].shape[1]) if "text" in cond else 1
     check_params(den, params, shape, context_len, workdir or "params", cond)
@@ -818,12 +837,13 @@ def file_stem(i: int, prompt: str) -> str:
 
 
 def sample_pipeline(config, params, prompts, out_dir, *, seed=0, steps=None, guidance=None, rescale=None,
-                    workdir=None):
-    """``config.sample_pipeline`` entry for launch/sample.py: a WAV and a spectrogram PNG per prompt."""
+                    workdir=None, references=None):
+    """``config.sample_pipeline`` entry for launch/sample.py: a WAV and a spectrogram PNG per prompt
+    (``references``: reference audio files for a reference-conditioned system)."""
     import soundfile as sf
 
     lat, audio, codec = generate_audio(config, params, prompts, seed=seed, steps=steps, guidance=guidance,
-                                       rescale=rescale, workdir=workdir)
+                                       rescale=rescale, workdir=workdir, references=references)
     paths = []
     for i, (prompt, a, z) in enumerate(zip(prompts, audio, lat)):
         stem = os.path.join(out_dir, file_stem(i, prompt))

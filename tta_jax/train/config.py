@@ -36,7 +36,8 @@ def trainer_config() -> ml_collections.ConfigDict:
         decay_steps=ml_collections.config_dict.placeholder(int), end_lr_factor=0.0,
         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, clip_norm=1.0, grad_accum=1,
         multiply_by_parameter_scale=False,
-        clipping_threshold=ml_collections.config_dict.placeholder(float)))
+        clipping_threshold=ml_collections.config_dict.placeholder(float),
+        trainable=()))               # regexes of the parameter paths that train (empty: all; train/partial.py)
     c.train = ml_collections.ConfigDict(dict(
         total_steps=1000,
         batch_size=8,                 # global batch (all processes)
@@ -54,6 +55,8 @@ def trainer_config() -> ml_collections.ConfigDict:
         measure_peak=True,
         progress_bar=True,
         tensorboard=True,
+        init_from="",                 # a workdir / .safetensors whose params start a fresh run (train/partial.py)
+        init_prefix="",               # where they go in the model's params ("net": the model wraps the old one)
     ))
     return c
 

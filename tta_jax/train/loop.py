@@ -29,6 +29,9 @@ Both kinds get the same mesh, sharded jit, Orbax resume, SIGTERM handling, non-f
 ``train.microbatches``, ``train.compute_dtype`` and (for a state without ``ema_params``) ``train.ema_decay``
 belong to the default step: a task with its own step refuses them by name rather than ignore them.
 
+``config.train.init_from`` (+ ``init_prefix``) starts a fresh run from a pretrained model's params and
+``config.optimizer.trainable`` freezes the rest (:mod:`tta_jax.train.partial`).
+
 ``train(config, workdir)`` resumes automatically from ``<workdir>/checkpoints`` (state + data iterator
 + RNG), saves every ``train.ckpt_every`` steps (async, keep ``train.keep_ckpts``), on SIGTERM and at the
 end, skips non-finite updates and aborts (``NonFiniteError``) after ``train.max_consecutive_nonfinite``
@@ -258,6 +261,8 @@ def train(config, workdir: str, task: Task | None = None, *, mesh=None,
     else:
         with sharding_context(mesh, rules):
             state = program.init(jax.random.PRNGKey(config.seed))
+        if tc.get("init_from"):  # a fresh run that starts from a pretrained model (adapters on top of it)
+            state = start_from_pretrained(state, tc.init_from, tc.get("init_prefix", ""))
     start = int(state.step)
 
     overview = observe.param_overview(state.params)
@@ -369,6 +374,24 @@ def train(config, workdir: str, task: Task | None = None, *, mesh=None,
             tb.close()
     return TrainResult(state=state, step=step, reason=reason, start_step=start, flops_per_step=flops,
                        history=history, evals=evals)
+
+
+def start_from_pretrained(state, source: str, prefix: str = ""):
+    """``state`` with the params (and EMA) of ``source`` (``config.train.init_from``: a workdir or a
+    ``.safetensors`` file) placed at ``prefix`` (:func:`tta_jax.train.partial.merge_pretrained`), each leaf on
+    the sharding of the leaf it replaces."""
+    from tta_jax.train.partial import merge_pretrained, read_params
+
+    merged, n = merge_pretrained(state.params, read_params(source), prefix)
+
+    def put(old, new):
+        return jax.device_put(jnp.asarray(new, old.dtype), old.sharding)
+
+    repl = {"params": jax.tree.map(put, state.params, merged)}
+    if getattr(state, "ema_params", None) is not None:
+        repl["ema_params"] = jax.tree.map(put, state.ema_params, merged)
+    log.info("initialised %d parameters from %s (at %r)", n, source, prefix or "/")
+    return state.replace(**repl)
 
 
 def _inference_params(state):

@@ -15,6 +15,8 @@ Config (``config.optimizer``, an ml_collections ConfigDict or dict)::
     clip_norm       global-norm clipping (None or 0 disables)
     grad_accum      >1: optax.MultiSteps over micro-batches (see also train.microbatches, which
                     accumulates inside one step with a scan; use one or the other)
+    trainable       regexes over parameter paths; only matching leaves train, the others stay
+                    bit-identical (empty: all train; :mod:`tta_jax.train.partial`)
 
 Weight decay follows EzAudio: only linear/conv *kernels* (ndim >= 2) decay; biases, norm scales, snake
 ``alpha``/``beta``, mask embeddings and modulation/embedding tables do not (:func:`decay_mask`).
@@ -27,6 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import optax
+
+from tta_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,48 @@ def decay_mask(params, no_decay_patterns: Sequence[str] = NO_DECAY_PATTERNS) -> 
         return not any(r.search(k) for r in regs for k in keys[:-1])
 
     return jax.tree_util.tree_map_with_path(one, params)
+
+
+# ------------------------------------------------------------------------------ trainable groups (partial.py)
+def _paths(tree) -> list[str]:
+    return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _compile(patterns: Sequence[str], where: str) -> list[re.Pattern]:
+    out = []
+    for p in patterns:
+        try:
+            out.append(re.compile(str(p)))
+        except re.error as e:
+            raise ConfigError(f"{where}: {p!r} is not a valid regular expression ({e})") from None
+    return out
+
+
+def trainable_mask(params, patterns: Sequence[str], where: str = "config.optimizer.trainable"):
+    """Bool tree: True where a leaf's path fully matches one of ``patterns`` (all True when empty).
+    A pattern that matches no parameter raises ConfigError naming it (a typo would silently freeze all)."""
+    if not patterns:
+        return jax.tree.map(lambda _: True, params)
+    regs = _compile(patterns, where)
+    paths = _paths(params)
+    for p, r in zip(patterns, regs):
+        if not any(r.fullmatch(x) for x in paths):
+            raise ConfigError(f"{where}: {p!r} matches no parameter (paths look like {paths[:3]}; "
+                              f"param_overview.txt in the workdir lists them all)")
+    return jax.tree_util.tree_map_with_path(lambda path, _: any(r.fullmatch(path_str(path)) for r in regs),
+                                            params)
+
+
+def freeze(tx: optax.GradientTransformation, patterns: Sequence[str]) -> optax.GradientTransformation:
+    """``tx`` on the leaves matching ``patterns``, a zero update (and no state) on the others."""
+    if not patterns:
+        return tx
+
+    def labels(params):
+        return jax.tree.map(lambda t: "train" if t else "frozen", trainable_mask(params, patterns))
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
 
 
 def _get(cfg, key, default=None):
@@ -160,6 +206,9 @@ def make_optimizer(cfg, total_steps: int | None = None,
         parts.append(optax.clip_by_global_norm(float(clip)))
     parts.append(tx)
     tx = optax.chain(*parts) if len(parts) > 1 else tx
+    trainable = tuple(_get(cfg, "trainable", ()) or ())
+    if trainable:  # clipping and decay see the trainable leaves only; frozen ones get a zero update
+        tx = freeze(tx, trainable)
     accum = int(_get(cfg, "grad_accum", 1) or 1)
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum)

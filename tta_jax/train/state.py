@@ -47,9 +47,13 @@ def ema_decay_at(step, decay: float, warmup: bool = True):
 
 
 def ema_update(ema, params, decay):
-    """``ema <- decay * ema + (1 - decay) * params`` (leafwise, in the EMA's dtype)."""
-    return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p.astype(e.dtype)).astype(e.dtype),
-                        ema, params)
+    """``ema <- decay * ema + (1 - decay) * params`` (leafwise, in the EMA's dtype). A leaf whose params equal
+    its EMA (a frozen one) keeps it bit-for-bit."""
+    def one(e, p):
+        p = p.astype(e.dtype)
+        return jnp.where(p == e, e, (decay * e + (1.0 - decay) * p).astype(e.dtype))
+
+    return jax.tree.map(one, ema, params)
 
 
 def create_state(init_fn: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
