@@ -35,7 +35,7 @@ Demo (measured, docs/experiments.md 2026-12-02; VAE: configs/auffusion_vae.py:au
 Expected: ~460 steps in 8 min; prompted-family accuracy ~0.13 (chance 0.06), in-domain FD ~260 (real-vs-real 52).
           The adapter (demo_serst, base frozen) did not raise the reference-family match above chance in two runs
           (254 steps: 0.044; 692 steps, captions without instruments: 0.015; base without reference 0.029;
-          benchmarks/serst_reference.py).
+          adapter + U-Net trainable, 591 steps: 0.074, p = 0.37; benchmarks/serst_reference.py).
 """
 import ml_collections
 
