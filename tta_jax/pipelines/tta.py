@@ -696,6 +696,9 @@ def build_task(config, mesh):
     shapes = manifest.get("shapes", {})
     den = denoiser_of(config)
     check_latent_space(config, den)
+    if "reference" in den.cond_keys and not any(k.startswith("ref:") for k in shapes):
+        raise ConfigError(f"config.conditioner reads reference audio, but {data_dir} was precomputed without "
+                          f"references: precompute with --system <this config> and config.references.label set")
     nproc = jax.process_count()
     lcfg = LoaderConfig.from_experiment(config.data, config.train.batch_size // nproc, config.seed,
                                         caption_dropout=config.diffusion.cond_drop_prob,
