@@ -16,7 +16,6 @@ The in-domain evaluator (tta_jax.eval.indomain) predicts each clip's family; the
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -25,6 +24,7 @@ import time
 import numpy as np
 from absl import flags
 
+from benchmarks import write_report
 from launch import cli
 
 _SERST = flags.DEFINE_string("serst_workdir", None, "SERST training run (configs/tango.py:demo_serst)")
@@ -43,27 +43,13 @@ log = logging.getLogger("serst_reference")
 
 
 def reference_clips(num_clips: int, seed: int, per_family: int, sample_rate: int = 16000):
-    """-> (audio [N, S] at ``sample_rate``, family per clip, keys): held-out single-event clips, ``per_family``
-    per source (test split first, then valid)."""
-    from tta_jax.data import embedded as E
+    """-> (audio [N, S] at ``sample_rate``, family per clip, keys) of
+    :func:`tta_jax.data.embedded.held_out_clips`."""
+    from tta_jax.data.embedded import held_out_clips
 
-    cfg = E.EmbeddedConfig(num_clips=num_clips, seed=seed, sample_rate=sample_rate)
-    pools = {f: {"test": [], "valid": []} for f in E.SOURCES}
-    for i in range(num_clips):
-        split = E.split_of(i, num_clips, seed)
-        if split in ("test", "valid"):
-            spec = E.clip_spec(i, seed, cfg.two_event_prob)
-            if len(spec["events"]) == 1:
-                pools[spec["events"][0]["family"]][split].append(i)
-    chosen, fams = [], []
-    for f in E.SOURCES:
-        picks = (pools[f]["test"] + pools[f]["valid"])[:per_family]
-        if len(picks) < per_family:
-            log.warning("%s: only %d held-out clips", f, len(picks))
-        chosen += picks
-        fams += [f] * len(picks)
-    rows = list(E.iter_embedded(cfg, chosen, num_workers=2))
-    return np.stack([a for _, a in rows]).astype(np.float32), fams, [r["key"] for r, _ in rows]
+    rows = held_out_clips(num_clips, seed, per_family, sample_rate)
+    return (np.stack([a for _, a in rows]).astype(np.float32), [r["family"] for r, _ in rows],
+            [r["key"] for r, _ in rows])
 
 
 def _load(workdir):
@@ -109,11 +95,7 @@ def main(argv):
                         "per_family": per_family, "fd_generated_vs_test": m["fd_generated_vs_test"]}
         lines.append(f"| {name} | {np.mean(hits):.3f} | {sum(hits)}/{len(hits)} | {vs['times_chance']:.1f} | "
                      f"{vs['p_value']:.1e} |")
-    with open(os.path.join(_OUT.value, "report.json"), "w") as f:
-        json.dump(report, f, indent=1, default=str)
-    print("\n".join(lines))
-    with open(os.path.join(_OUT.value, "report.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_report(_OUT.value, report, lines)
 
 
 if __name__ == "__main__":

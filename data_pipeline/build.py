@@ -139,29 +139,39 @@ def run(c, out_dir: str, *, system=None, process_index: int = 0, process_count: 
     codec, text = build_encoders(c, system)
     cfg = precompute_config(c, codec, text)
     examples = build_examples(c, out_dir, progress=progress, sample_rate=cfg.audio.sample_rate)
-    cfg, examples, encode_reference = with_references(c, cfg, examples, system)
+    cfg, examples, encode_reference = with_references(c, cfg, examples, system, codec, text)
     return run_precompute(examples, out_dir, codec.encode, text.encode if text is not None else None, cfg,
                           process_index=process_index, process_count=process_count, progress=progress,
                           encode_reference=encode_reference)
 
 
-def with_references(c, cfg, examples, system=None):
-    """When the system's conditioner reads reference audio (``system.conditioner``, e.g. SERST): the examples
-    paired with other clips of the same ``c.references.label`` (:func:`data_pipeline.references.pair_references`),
-    the PrecomputeConfig that decodes them (the conditioner's seconds and sample rate) and their feature
-    function. -> (cfg, examples, encode_reference or None)."""
+REFERENCE_MODES = ("pairs", "concatenate", "overlay")
+
+
+def with_references(c, cfg, examples, system=None, codec=None, text=None):
+    """When the system's conditioner reads reference audio (``system.conditioner``: SERST, DreamAudio) ->
+    (cfg, examples, encode_reference), else (cfg, examples, None).
+
+    ``c.references.mode``: ``pairs`` (SERST) pairs each example with other clips of the same
+    ``c.references.label`` (:func:`data_pipeline.references.pair_references`); ``concatenate`` / ``overlay``
+    (DreamAudio) build each target from K clips of distinct labels (:mod:`data_pipeline.customized`). The
+    returned PrecomputeConfig decodes the references at the conditioner's length and rate (the codec's when it
+    encodes them with the system codec); ``encode_reference(audio, captions)`` is the conditioner's feature
+    function, with the system's ``codec`` and ``text`` encoder."""
     import dataclasses
     import logging
 
-    from data_pipeline.references import pair_references
     from data_pipeline.sources import AudioConfig
     from tta_jax.conditioners.registry import reference_features_of, reference_spec_of
 
     section = system.get("conditioner") if system is not None else None
-    spec = reference_spec_of(section, "system.conditioner")
+    spec = reference_spec_of(section, "system.conditioner", sample_rate=cfg.audio.sample_rate)
     if spec is None:
         return cfg, examples, None
     r = c.references
+    mode = str(r.get("mode", "pairs") or "pairs")
+    if mode not in REFERENCE_MODES:
+        raise ConfigError(f"config.references.mode={mode!r}; expected one of {list(REFERENCE_MODES)}")
     if not r.label:
         raise ConfigError("the system's conditioner reads reference audio: set config.references.label to the "
                           "label column that names the sound event (e.g. family)")
@@ -173,14 +183,39 @@ def with_references(c, cfg, examples, system=None):
         from tta_jax.data.embedded import neutral_caption
 
         caption_fn = neutral_caption
-    paired, report = pair_references(examples, label=r.label, count=spec["count"], seed=int(r.seed),
-                                     caption_fn=caption_fn, caption_prob=float(r.caption_prob))
-    logging.getLogger("data_pipeline.build").info("reference pairs by %r: %s", r.label, report)
-    if not paired:
-        raise ConfigError(f"no example has another clip with the same {r.label!r} label ({report}); check "
-                          f"config.references.label")
-    ref_audio = AudioConfig(sample_rate=spec["sample_rate"], max_seconds=cfg.audio.max_seconds,
-                            crop_seconds=spec["seconds"], crop="random", normalize=cfg.audio.normalize,
-                            seed=cfg.audio.seed)
+    kw = dict(label=r.label, count=spec["count"], seed=int(r.seed), caption_fn=caption_fn,
+              caption_prob=float(r.caption_prob))
+    audio = cfg.audio
+    if mode == "pairs":
+        from data_pipeline.references import pair_references
+
+        built, report = pair_references(examples, **kw)
+        ref_audio = AudioConfig(sample_rate=spec["sample_rate"], max_seconds=audio.max_seconds,
+                                crop_seconds=spec["seconds"], crop="random", normalize=audio.normalize,
+                                seed=audio.seed)
+    else:
+        from data_pipeline import customized
+
+        sr, seg = int(audio.sample_rate), float(spec["seconds"])
+        if int(spec["sample_rate"]) != sr:
+            raise ConfigError(f"config.references.mode={mode!r} builds targets from the references: they must run "
+                              f"at the codec's rate ({sr} Hz), the conditioner reads {spec['sample_rate']} Hz")
+        if mode == "concatenate":
+            built, report = customized.concatenate_targets(examples, segment_seconds=seg, sample_rate=sr, **kw)
+            target_seconds = spec["count"] * seg
+        else:
+            target_seconds = float(audio.crop_seconds)
+            built, report = customized.overlay_targets(examples, segment_seconds=seg, target_seconds=target_seconds,
+                                                       sample_rate=sr, background_gain=float(r.background_gain),
+                                                       **kw)
+        # the targets are exact: decoded from the start, levels as built (the builder keeps them in [-1, 1])
+        cfg = dataclasses.replace(cfg, audio=dataclasses.replace(audio, crop_seconds=target_seconds, crop="start",
+                                                                 normalize=None))
+        ref_audio = AudioConfig(sample_rate=sr, max_seconds=audio.max_seconds, crop_seconds=seg, crop="start",
+                                normalize=None, seed=audio.seed)
+    logging.getLogger("data_pipeline.build").info("references (%s) by %r: %s", mode, r.label, report)
+    if not built:
+        raise ConfigError(f"no example could get {spec['count']} references by {r.label!r} in mode {mode!r} "
+                          f"({report}); check config.references.label")
     cfg = dataclasses.replace(cfg, reference=ref_audio, reference_count=spec["count"])
-    return cfg, paired, reference_features_of(section, "system.conditioner")
+    return cfg, built, reference_features_of(section, "system.conditioner", codec=codec, text=text)

@@ -118,13 +118,14 @@ def _skip(skipped: list, ex: Example, reason: str) -> None:
 
 
 def _prepare(ex: Example, cfg: PrecomputeConfig):
-    """-> (caption, audio, valid, reference audio [K, S] | None) or a reason string."""
+    """-> (caption, audio, valid, reference audio [K, S] | None, reference captions [K] | None) or a reason
+    string."""
     if "_error" in ex.labels:
         return ex.labels["_error"]
     try:
         cap = check_caption(ex)
         audio, valid = prepare_audio(ex, cfg.audio)
-        refs = None
+        refs, ref_caps = None, None
         if cfg.reference is not None:
             if len(ex.refs) != cfg.reference_count:
                 return f"has {len(ex.refs)} reference clips, expected {cfg.reference_count}"
@@ -135,18 +136,19 @@ def _prepare(ex: Example, cfg: PrecomputeConfig):
                 except BadExample as e:
                     return f"reference {r.path or r.key}: {e.reason}"
             refs = np.stack(refs)
+            ref_caps = [str(r.caption or "") for r in ex.refs]
     except BadExample as e:
         return e.reason
     except Exception as e:  # noqa: BLE001 - never stop the run for one example
         return f"unexpected error: {type(e).__name__}: {e}"
-    return cap, audio, valid, refs
+    return cap, audio, valid, refs, ref_caps
 
 
 def _encode_shard(exs: list[Example], cfg: PrecomputeConfig, encode_audio: EncodeAudio,
                   encode_text: EncodeText | None, encode_reference: EncodeText | None = None
                   ) -> tuple[list[bytes], list[dict], dict]:
     skipped: list[dict] = []
-    good: list[tuple[Example, str, np.ndarray, int, np.ndarray | None]] = []
+    good: list[tuple[Example, str, np.ndarray, int, np.ndarray | None, list | None]] = []
     if cfg.decode_threads > 1:  # map() keeps order: output does not depend on thread timing
         from concurrent.futures import ThreadPoolExecutor
 
@@ -171,12 +173,13 @@ def _encode_shard(exs: list[Example], cfg: PrecomputeConfig, encode_audio: Encod
         txt = encode_text([c[1] for c in chunk]) if encode_text is not None else {}
         txt = {k: np.asarray(v) for k, v in (txt or {}).items()}
         refs = {}
-        if cfg.reference is not None:  # [n * K, S] in one call -> {name: [n, K, ...]}
+        if cfg.reference is not None:  # [n * K, S] (+ n * K captions) in one call -> {name: [n, K, ...]}
             k = cfg.reference_count
             flat = np.concatenate([c[4] for c in chunk], 0)
+            caps = [t for c in chunk for t in c[5]]
             refs = {name: np.asarray(v).reshape((len(chunk), k) + np.shape(v)[1:])
-                    for name, v in encode_reference(flat).items()}
-        for i, (ex, cap, audio, valid, _) in enumerate(chunk):
+                    for name, v in encode_reference(flat, caps).items()}
+        for i, (ex, cap, audio, valid, _, _) in enumerate(chunk):
             z = lat[i].astype(cfg.latent_dtype)
             if not np.all(np.isfinite(z)):
                 _skip(skipped, ex, "codec produced non-finite latents")
@@ -208,8 +211,8 @@ def run_precompute(examples: Sequence[Example], out_dir: str, encode_audio: Enco
                    process_index: int = 0, process_count: int = 1, progress: bool = True,
                    finalize: bool = True, encode_reference: EncodeText | None = None) -> dict | None:
     """Encode this process's shards (skipping finished ones); returns the manifest if complete.
-    ``encode_reference(audio [N, S]) -> {name: [N, ...]}`` encodes the examples' reference clips (needs
-    ``cfg.reference``)."""
+    ``encode_reference(audio [N, S], captions [N]) -> {name: [N, ...]}`` encodes the examples' reference clips
+    (needs ``cfg.reference``)."""
     examples = list(examples)
     os.makedirs(out_dir, exist_ok=True)
     if (cfg.reference is None) != (encode_reference is None):

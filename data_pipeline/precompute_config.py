@@ -33,10 +33,13 @@ def get_config():
     c.codec = ml_collections.ConfigDict(dict(name="toy", sample_rate=22050, hop=256, bands=7,  # toy codec
                                               model="universal", mean=-5.0, std=2.5))  # mel
     c.text = ml_collections.ConfigDict(dict(name="bytes", max_len=64))
-    # reference-style pairs (SERST), on when the --system config's conditioner reads reference audio: each clip
-    # gets config.conditioner.reference.count other clips with the same `label` (data_pipeline/references.py);
-    # caption_prob of the captions become the source's label-free caption (embedded: no instrument named)
-    c.references = ml_collections.ConfigDict(dict(label="family", caption_prob=0.0, seed=0))
+    # references, on when the --system config's conditioner reads reference audio (K = its reference.count):
+    # mode "pairs" (SERST): each clip gets K other clips with the same `label` (data_pipeline/references.py);
+    # "concatenate" / "overlay" (DreamAudio): each target is built from K clips of distinct labels, in sequence
+    # or mixed into a background (data_pipeline/customized.py; background_gain for overlay).
+    # caption_prob of the target captions become the source's label-free caption (embedded: no instrument named)
+    c.references = ml_collections.ConfigDict(dict(label="family", caption_prob=0.0, seed=0, mode="pairs",
+                                                  background_gain=0.5))
     c.shard_size = 256
     c.batch_size = 16
     c.latent_dtype = "float32"

@@ -137,11 +137,13 @@ def _key_seed(seed: int, key: str) -> int:
 def prepare_audio(ex: Example, cfg: AudioConfig) -> tuple[np.ndarray, int]:
     """-> (audio float32 [round(crop_seconds * sample_rate)], number of valid samples).
 
+    ``ex.audio`` may be an array [T] / [T, C] or a zero-argument callable returning one (decoded only now, e.g. the
+    targets of data_pipeline.customized); an AudioError it raises becomes BadExample like a decoding error.
     Raises BadExample(key, reason) for anything unusable (never for fixable rate/channel issues).
     """
     try:
         if ex.audio is not None:
-            raw = np.asarray(ex.audio, np.float32)
+            raw = np.asarray(ex.audio() if callable(ex.audio) else ex.audio, np.float32)
             raw = raw[:, None] if raw.ndim == 1 else raw
             sr = int(ex.sample_rate or cfg.sample_rate)
             if cfg.max_seconds is not None:

@@ -23,7 +23,7 @@ CompVis-named VAE and the vocoder, pytorch_model_stft.bin; ``configs/tango.py``)
 the release: ``--config '{"overrides": ["text.path=/models/flan-t5-large"]}'``.
 
 Families: ezaudio_dit, diffusers_unet, oobleck, kl_vae, hifigan, bigvgan, bert, t5, clip_text, clap_text,
-clap_audio, auffusion, tango.
+clap_audio, encodec (a transformers EncodecModel folder), auffusion, tango.
 """
 from __future__ import annotations
 

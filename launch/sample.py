@@ -5,8 +5,12 @@ Loads the run's config (``DIR/config.json`` written by launch/train.py, or ``--c
 then calls the system's sampling pipeline named by ``config.sample_pipeline`` ("module.path:function")::
 
     function(config, params, prompts: list[str], out_dir: str, *, seed: int, steps: int | None,
-             guidance: float | None, rescale: float | None, workdir: str[, references: list[str]])
-        -> list[str]   # paths written (``references`` only when --reference is given)
+             guidance: float | None, rescale: float | None, workdir: str[, references: list[str],
+             reference_captions: list[str]])
+        -> list[str]   # paths written (``references`` / ``reference_captions`` only when given)
+
+Reference-conditioned systems: ``--reference clip.wav`` (repeat; SERST, DreamAudio) and, for DreamAudio,
+``--reference_caption "..."`` once per reference, in the same order; DreamAudio also samples with none.
 
 The latent text-to-audio systems (any denoiser, codec and text encoder) use
 ``tta_jax.pipelines.tta:sample_pipeline``: a WAV and a spectrogram PNG per prompt, all prompts in one batched,
@@ -38,7 +42,10 @@ _GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the config
 _RESCALE = flags.DEFINE_float("rescale", None, "CFG rescale phi (default: the config's).")
 _RAW = flags.DEFINE_bool("no_ema", False, "Use the raw params instead of the EMA.")
 _REFERENCE = flags.DEFINE_multi_string("reference", None, "Reference audio file for a reference-conditioned "
-                                       "system (SERST; repeat for several): the same references for every prompt.")
+                                       "system (SERST, DreamAudio; repeat for several): the same references for "
+                                       "every prompt.")
+_REFERENCE_CAPTION = flags.DEFINE_multi_string("reference_caption", None, "Caption of each --reference, in the "
+                                               "same order (DreamAudio).")
 
 
 def resolve(dotted: str, key: str):
@@ -66,6 +73,8 @@ def main(argv):
     logging.info("loaded %s params from step %d", "raw" if _RAW.value else "EMA", step)
     os.makedirs(_OUT.value, exist_ok=True)
     extra = {"references": list(_REFERENCE.value)} if _REFERENCE.value else {}
+    if _REFERENCE_CAPTION.value:
+        extra["reference_captions"] = list(_REFERENCE_CAPTION.value)
     paths = fn(config, params, list(_PROMPT.value), _OUT.value, seed=_SEED.value,
                steps=_STEPS.value, guidance=_GUIDANCE.value, rescale=_RESCALE.value, workdir=_WORKDIR.value,
                **extra)

@@ -120,7 +120,7 @@ def test_codec_errors_name_the_key(tmp_path):
         build_codec({**KL_TINY, "vocoder_config": "nope"})
     assert resolve_codec_section({"name": "toy", "hop": 128}) == {"name": "toy", "sample_rate": 22050, "hop": 128,
                                                                   "bands": 7}
-    assert set(CODECS) == {"toy", "mel", "oobleck", "kl_mel_image", "audioldm_mel_vae"}
+    assert set(CODECS) == {"toy", "mel", "oobleck", "kl_mel_image", "audioldm_mel_vae", "encodec", "encodec_tokens"}
 
 
 def test_oobleck_from_a_gan_workdir_takes_its_architecture(tmp_path):

@@ -10,6 +10,8 @@ lists element by element. :func:`random_init` makes the ``init="random"`` weight
 """
 from __future__ import annotations
 
+import dataclasses
+
 import difflib
 import os
 from typing import Any, Callable, Iterable, Mapping
@@ -121,3 +123,23 @@ def random_init(init_fn: Callable[[Any], Any], seed: int) -> Any:
 
 
 __all__ = ["MissingWeights", "random_init", "as_dict", "resolve", "choice", "existing_path", "jsonable", "mismatches"]
+
+
+class DictConfig:
+    """Mixin for frozen dataclass configs: ``to_dict``, ``from_dict`` (unknown keys fail, naming them) and
+    ``replace``."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known: {sorted(names)}")
+        return cls(**dict(d))
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+

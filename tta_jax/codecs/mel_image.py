@@ -1,4 +1,5 @@
-"""Mel-image codec: audio -> log-mel -> image -> 2-D KL-VAE latent, and back through a HiFi-GAN vocoder.
+"""Mel-image codec: audio -> log-mel -> image -> 2-D KL-VAE latent, and back through a mel vocoder (HiFi-GAN or
+BigVGAN: :func:`vocoder_module`).
 
 One mechanism, two released settings (docs/reference-architectures.md sections 2 and 3):
 
@@ -26,6 +27,12 @@ cropped to a multiple of the VAE's downsampling factor ``f``, so ``N`` samples g
 gives exactly ``latent frames * hop_length`` samples: a vocoder that makes a few more (``"jik876"`` padding
 with an odd ``kernel - rate``, e.g. AudioLDM's: ``160 * frames + 32``) is cropped at the end, as the
 AudioLDM pipelines crop to the wanted length.
+
+The vocoder is whichever generator ``MelImageConfig.vocoder`` configures: a
+:class:`~tta_jax.vocoders.hifigan.HiFiGANConfig` (the released Auffusion / AudioLDM vocoders) or a
+:class:`~tta_jax.vocoders.bigvgan.BigVGANConfig` (DreamAudio's mel VAE + BigVGAN). Both read the same
+``log(clamp(mel, 1e-5))`` frames (``"hifigan"`` padding) and must take the front end's ``n_mels`` at its hop
+and sample rate; everything else (VAE, image mapping, cropping) is shared.
 """
 from __future__ import annotations
 
@@ -37,19 +44,37 @@ import jax.numpy as jnp
 
 from tta_jax.audio.mel import MelConfig, image_to_mel, log_mel_spectrogram, mel_to_image
 from tta_jax.codecs.kl_vae import KLVAE, KLVAEConfig
+from tta_jax.vocoders.bigvgan import BigVGAN, BigVGANConfig
 from tta_jax.vocoders.hifigan import HiFiGANConfig, HiFiGANGenerator
 
 IMAGES = ("auffusion", "audioldm")
+VocoderConfig = HiFiGANConfig | BigVGANConfig
+
+
+def vocoder_kind(cfg: VocoderConfig) -> str:
+    """``"hifigan"`` or ``"bigvgan"``: which generator a vocoder config builds."""
+    if isinstance(cfg, HiFiGANConfig):
+        return "hifigan"
+    if isinstance(cfg, BigVGANConfig):
+        return "bigvgan"
+    raise TypeError(f"vocoder config must be a HiFiGANConfig or a BigVGANConfig, got {type(cfg).__name__}")
+
+
+def vocoder_module(cfg: VocoderConfig, dtype: Any = jnp.float32):
+    """The generator of ``cfg``: ``module.apply({"params": p}, mel [B, frames, num_mels]) -> audio
+    [B, >= frames * hop]``; ``module.init_params(key)`` gives random params."""
+    return (HiFiGANGenerator if vocoder_kind(cfg) == "hifigan" else BigVGAN)(cfg, dtype=dtype)
 
 
 @dataclasses.dataclass(frozen=True)
 class MelImageConfig:
-    """Static facts: the mel front end, the mel -> image mapping (``IMAGES``), the VAE and the vocoder."""
+    """Static facts: the mel front end, the mel -> image mapping (``IMAGES``), the VAE and the vocoder
+    (HiFi-GAN or BigVGAN config)."""
 
     mel: MelConfig
     image: str
     vae: KLVAEConfig
-    vocoder: HiFiGANConfig
+    vocoder: VocoderConfig
 
     def __post_init__(self):
         if self.image not in IMAGES:
@@ -62,8 +87,9 @@ class MelImageConfig:
         if self.mel.n_mels % f:
             raise ValueError(f"MelImageConfig: n_mels={self.mel.n_mels} is not a multiple of the VAE's "
                              f"downsampling factor {f}")
+        kind = vocoder_kind(self.vocoder)
         if self.vocoder.num_mels != self.mel.n_mels or self.vocoder.hop_length != self.mel.hop_length:
-            raise ValueError(f"MelImageConfig: the vocoder takes {self.vocoder.num_mels} mels at hop "
+            raise ValueError(f"MelImageConfig: the vocoder ({kind}) takes {self.vocoder.num_mels} mels at hop "
                              f"{self.vocoder.hop_length}, the mel front end gives {self.mel.n_mels} at hop "
                              f"{self.mel.hop_length}")
         if self.vocoder.sampling_rate != self.mel.sample_rate:
@@ -125,7 +151,8 @@ def content_noise(key: jax.Array, audio: jax.Array, shape: tuple[int, ...]) -> j
 class MelImageCodec:
     """``encode(audio [B, N]) -> latent [B, H, T, C]`` (scaled), ``decode(latent) -> audio [B, T * hop_length]``.
 
-    ``params = {"vae": KL-VAE params, "vocoder": HiFi-GAN params}``. ``sample``: encode to
+    ``params = {"vae": KL-VAE params, "vocoder": the vocoder's params}`` (HiFi-GAN or BigVGAN, as
+    ``config.vocoder``). ``sample``: encode to
     ``mean + std * eps`` (eps from :func:`content_noise` with ``sample_seed``) instead of the mean.
     """
 
@@ -133,7 +160,7 @@ class MelImageCodec:
                  dtype: Any = None):
         self.config, self.params, self.sample, self.sample_seed = config, params, bool(sample), int(sample_seed)
         self.vae = KLVAE(config.vae, dtype=dtype)
-        self.vocoder = HiFiGANGenerator(config.vocoder, dtype=dtype or jnp.float32)
+        self.vocoder = vocoder_module(config.vocoder, dtype=dtype or jnp.float32)
         self._encode = jax.jit(self._encode_impl)
         self._decode = jax.jit(self._decode_impl)
 
@@ -178,5 +205,5 @@ class MelImageCodec:
         return self._decode(self.params, latent)
 
 
-__all__ = ["IMAGES", "MelImageConfig", "MelImageCodec", "mel_to_vae_image", "vae_image_to_mel", "to_layout",
-           "from_layout", "content_noise"]
+__all__ = ["IMAGES", "VocoderConfig", "vocoder_kind", "vocoder_module", "MelImageConfig", "MelImageCodec",
+           "mel_to_vae_image", "vae_image_to_mel", "to_layout", "from_layout", "content_noise"]

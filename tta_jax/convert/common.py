@@ -148,6 +148,19 @@ def fold_all_weight_norms(sd: Mapping[str, Array]) -> dict[str, Array]:
     return sd
 
 
+def fold_weight_norms_checked(sd: Mapping[str, Array], what: str) -> dict[str, Array]:
+    """:func:`fold_all_weight_norms`, but a ``g`` without its ``v`` (or the reverse) raises
+    :class:`ConversionError` naming ``what`` and both keys."""
+    pairs = ((".weight_g", ".weight_v"),
+             (".parametrizations.weight.original0", ".parametrizations.weight.original1"))
+    for a, b in pairs:
+        for k in list(sd):
+            for x, y in ((a, b), (b, a)):
+                if k.endswith(x) and k[: -len(x)] + y not in sd:
+                    raise ConversionError(f"{what}: weight-norm key {k!r} has no partner {k[: -len(x)] + y!r}")
+    return fold_all_weight_norms(sd)
+
+
 # --------------------------------------------------------------------------------------------------
 # Strict bookkeeping
 # --------------------------------------------------------------------------------------------------

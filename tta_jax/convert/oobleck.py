@@ -43,7 +43,7 @@ import jax
 import numpy as np
 
 from tta_jax.codecs.oobleck import OobleckConfig, OobleckVAE, get_config
-from tta_jax.convert.common import (ConversionError, ConversionReport, KeyMapper, fold_all_weight_norms,
+from tta_jax.convert.common import (ConversionError, ConversionReport, KeyMapper, fold_weight_norms_checked,
                                     load_state_dict, shapes_of)
 
 _SAT_PREFIXES = ("autoencoder.", "pretransform.model.", "")
@@ -114,18 +114,6 @@ def _snake_vector(key: str):
     return fn
 
 
-def _fold_weight_norms(sd: dict, what: str) -> dict:
-    """``fold_all_weight_norms`` with a named error when a ``g``/``v`` pair is incomplete."""
-    pairs = ((".weight_g", ".weight_v"),
-             (".parametrizations.weight.original0", ".parametrizations.weight.original1"))
-    for a, b in pairs:
-        for k in list(sd):
-            for x, y in ((a, b), (b, a)):
-                if k.endswith(x) and k[: -len(x)] + y not in sd:
-                    raise ConversionError(f"{what}: weight-norm key {k!r} has no partner {k[: -len(x)] + y!r}")
-    return fold_all_weight_norms(sd)
-
-
 def detect_layout(sd: Mapping[str, np.ndarray]) -> tuple[str, str]:
     """-> (layout, prefix): ("diffusers", "") or ("sat", prefix)."""
     keys = list(sd)
@@ -166,7 +154,7 @@ def convert_oobleck(state_dict: Mapping[str, np.ndarray], config: OobleckConfig 
             lambda k: k.startswith(f"{prefix}encoder.") or k.startswith(f"{prefix}decoder."))
     else:
         raise ValueError(f"layout must be 'diffusers', 'sat' or 'auto', got {layout!r}")
-    sd = _fold_weight_norms({k: v for k, v in sd.items() if keep(k)}, what)
+    sd = fold_weight_norms_checked({k: v for k, v in sd.items() if keep(k)}, what)
 
     m = KeyMapper(sd)
     for src, dst, kind in names:

@@ -72,6 +72,31 @@ def _bigvgan(src, cfg, strict):
     return params, dataclasses.asdict(bcfg) if dataclasses.is_dataclass(bcfg) else str(bcfg)
 
 
+def _encodec(src, cfg, strict):
+    """A transformers EncodecModel folder (config.json + model.safetensors / pytorch_model.bin) -> (params, the
+    :class:`~tta_jax.codecs.encodec.EncodecConfig` as a dict). The folder's config.json is the architecture:
+    ``--config`` is refused."""
+    import dataclasses
+
+    from tta_jax.convert.encodec import load_encodec
+
+    if cfg:
+        raise InvalidArgument(f"--config is not used for encodec (the architecture comes from {src}/config.json), "
+                              f"got {cfg!r}")
+    if not os.path.isdir(src):
+        raise InvalidArgument(f"--src {src} must be a transformers EncodecModel folder (config.json + "
+                              "model.safetensors or pytorch_model.bin)")
+    from tta_jax.convert.common import ConversionError
+
+    try:
+        ecfg, params = load_encodec(src, strict=strict)
+    except ConversionError:
+        raise
+    except ValueError as e:   # not an EnCodec config.json
+        raise InvalidArgument(f"--src {src}: {e}") from None
+    return params, dataclasses.asdict(ecfg)
+
+
 def _bert(src, cfg, strict):
     from tta_jax.convert.bert import load_bert
 
@@ -170,7 +195,7 @@ FAMILIES: dict[str, Callable[[str, Any, bool], tuple[Any, Any]]] = {
     "ezaudio_dit": _dit, "diffusers_unet": _unet, "oobleck": _oobleck, "kl_vae": _kl_vae,
     "hifigan": _hifigan, "bigvgan": _bigvgan, "bert": _bert, "t5": _text("load_t5_dir"),
     "clip_text": _text("load_clip_text_dir"), "clap_text": _text("load_clap_text_dir"),
-    "clap_audio": _clap_audio, "auffusion": _auffusion, "tango": _tango,
+    "clap_audio": _clap_audio, "auffusion": _auffusion, "tango": _tango, "encodec": _encodec,
 }
 # families that write a sampling workdir (config.json + checkpoints/ + assets/, what ``launch.sample
 # --workdir`` loads) instead of a params file; their converter returns the system config as the second item

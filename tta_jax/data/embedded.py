@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Iterator, Sequence
@@ -321,6 +322,27 @@ def iter_embedded(cfg: EmbeddedConfig, indices: Sequence[int] | None = None,
                         chunksize=16)
         for spec, audio in zip(specs, audios):
             yield row(spec), audio
+
+
+def held_out_clips(num_clips: int, seed: int, per_family: int, sample_rate: int = 16000
+                   ) -> list[tuple[dict, np.ndarray]]:
+    """-> [(row, audio [S] at ``sample_rate``)]: ``per_family`` held-out single-event clips per source (test split
+    first, then valid), sources in :data:`tta_jax.data.embedded.SOURCES` order."""
+    cfg = EmbeddedConfig(num_clips=num_clips, seed=seed, sample_rate=sample_rate)
+    pools = {f: {"test": [], "valid": []} for f in SOURCES}
+    for i in range(num_clips):
+        split = split_of(i, num_clips, seed)
+        if split in ("test", "valid"):
+            spec = clip_spec(i, seed, cfg.two_event_prob)
+            if len(spec["events"]) == 1:
+                pools[spec["events"][0]["family"]][split].append(i)
+    chosen = []
+    for f in SOURCES:
+        picks = (pools[f]["test"] + pools[f]["valid"])[:per_family]
+        if len(picks) < per_family:
+            logging.getLogger(__name__).warning("%s: only %d held-out clips", f, len(picks))
+        chosen += picks
+    return list(iter_embedded(cfg, chosen, num_workers=2))
 
 
 _WORKER_SF: bytes | None = None

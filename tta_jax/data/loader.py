@@ -17,7 +17,9 @@ crops / zero-pads along it. Per time frame in both cases: latent_valid [B, T] fl
 frame) and mask [B, T] float32 (1 = generate) when masks are on. Also caption_dropped [B] bool, each
 text feature the precompute stored (e.g. input_ids [B, L] or text [B, L, D] + text_mask [B, L]), each
 reference feature (record field ``ref:<name>`` [K, ...] -> <name> [B, K, ...]) with reference_mask [B, K]
-(all False where the example's references were dropped, p = reference_dropout), and
+(all False where the example's references were dropped, p = reference_dropout; single references off with
+p = reference_concept_dropout; one span of reference_content_mask of the frames zeroed in the features
+named by reference_content_keys), and
 caption [B] str + key [B] str when `keep_strings`.
 
 Multiprocessing note: parse absl flags (app.run) *before* building the loader; grain's worker
@@ -46,6 +48,9 @@ class LoaderConfig:
     crop_frames: int | None = None      # random crop along the latent's time axis -2 (zero-padded if shorter)
     caption_dropout: float = 0.0        # p of replacing text features with the null caption's (per encoder)
     reference_dropout: float = 0.0      # p of switching an example's references off (reference_mask all False)
+    reference_concept_dropout: float = 0.0  # p of switching each reference off on its own (DreamAudio: 0.4)
+    reference_content_mask: float = 0.0     # fraction of frames zeroed, one random span per reference, along
+    reference_content_keys: tuple = ()      # ... axis -2 of these reference features (DreamAudio: ref_latent)
     mask_partial_prob: float | None = None  # EzAudio masks: None = off, else 0.25
     mask_span: int = 10
     split: str | None = None            # keep only records of this split
@@ -102,6 +107,20 @@ def crop_time(latent: np.ndarray, valid: np.ndarray, start: int, length: int) ->
     return z, v
 
 
+def mask_content_span(feats: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Zeroes one random span of ``round(fraction * T)`` frames along axis -2 of each reference:
+    ``feats`` [K, ..., T, C] -> a copy with the span set to 0 (its own start per reference)."""
+    out = np.array(feats, copy=True)
+    t = out.shape[-2]
+    n = int(round(float(fraction) * t))
+    if n <= 0:
+        return out
+    for k in range(out.shape[0]):
+        s = int(rng.integers(0, t - n + 1))
+        out[k, ..., s:s + n, :] = 0
+    return out
+
+
 def text_group(key: str) -> str:
     """The text encoder a record feature belongs to: ``"txt:text:1"`` -> ``"1"``, ``"txt:text"`` -> ``""``."""
     name = key[4:] if key.startswith("txt:") else key
@@ -140,7 +159,16 @@ class _Augment:
             keep = not (cfg.reference_dropout > 0 and rng.uniform() < cfg.reference_dropout)
             for k in refs:
                 out[k[4:]] = np.asarray(rec[k])
-            out["reference_mask"] = np.full((k_refs,), keep)
+            rmask = np.full((k_refs,), keep)
+            if cfg.reference_concept_dropout > 0:
+                rmask &= rng.uniform(size=k_refs) >= cfg.reference_concept_dropout
+            if "reference_mask" in rec:   # slots the example leaves empty stay off
+                rmask &= np.asarray(rec["reference_mask"]).astype(bool)
+            out["reference_mask"] = rmask
+            if cfg.reference_content_mask > 0:
+                for name in cfg.reference_content_keys:
+                    if name in out:
+                        out[name] = mask_content_span(out[name], cfg.reference_content_mask, rng)
         if cfg.mask_partial_prob is not None:
             out["mask"] = sample_mask(valid.shape[0], rng, cfg.mask_partial_prob, cfg.mask_span)
         if cfg.keep_strings:

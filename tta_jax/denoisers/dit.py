@@ -90,13 +90,14 @@ from tta_jax.nn.embeddings import TimestepMLP, timestep_embedding
 from tta_jax.nn.layers import (AdaLNSingle, AdaLNSOLA, AdaLNZero, FeedForward, dense, layer_norm, modulate,
                                split_mod, xavier, zeros)
 from tta_jax.nn.sharding import constrain, dense_init
+from tta_jax.sections import DictConfig
 
 MODULATIONS = ("sola", "adaln_zero", "adaln_single")
 GATES = ("one_minus", "plain")
 
 
 @dataclasses.dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(DictConfig):
     """EzAudio-DiT hyper-parameters. ``to_dict``/``from_dict`` round-trip (unknown keys fail loudly)."""
 
     in_channels: int = 128           # latent channels C (x_t); the input conv sees 2C+1 with use_mask_input
@@ -186,20 +187,6 @@ class DiTConfig:
     @property
     def compute_dtype(self):
         return jnp.dtype(self.dtype)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DiTConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"DiTConfig: unknown keys {unknown}; known: {sorted(names)}")
-        return cls(**dict(d))
-
-    def replace(self, **kw) -> "DiTConfig":
-        return dataclasses.replace(self, **kw)
 
 
 def _int_tuple(field: str, v) -> tuple[int, ...]:

@@ -17,7 +17,8 @@ with ``upsample_size``).
 - ``class_labels`` (alias ``style``) [B, Dc]: the class/style vector for ``class_embed_type``
   ("simple_projection": one Linear; "projection": a TimestepMLP). Missing -> contributes zeros.
 - any key named by an :class:`ExtraContext` (e.g. ``acoustic`` [B, La, Da] + ``acoustic_mask``): an
-  extra cross-attention layer right after the existing one in the chosen blocks (DC-LDM).
+  extra cross-attention layer right after the existing one in the chosen blocks (DC-LDM). A batch row whose
+  extra/reference mask is all False gets exactly nothing from that layer (a dropped condition).
 - ``refs``: a list with one entry per up block (``None``, [B, L_s, C_s], a feature map [B, h, w, C_s] or
   a tuple (features, mask [B, L_s])): per-scale reference
   features appended as an extra cross-attention context in that decoder block (DreamAudio MRC);
@@ -228,7 +229,10 @@ class BasicTransformerBlock(nn.Module):
                 continue
             c, m = ctx
             h = _layer_norm(1e-5, name=f"norm_{key}", dtype=self.dtype)(x)
-            x = x + self._attn(f"attn_{key}", zero_out=zero)(h, c, m)
+            y = self._attn(f"attn_{key}", zero_out=zero)(h, c, m)
+            if m is not None:  # a row whose context is all masked (dropped) adds exactly 0, bias included
+                y = y * jnp.any(m, axis=-1)[:, None, None].astype(y.dtype)
+            x = x + y
         h = _layer_norm(1e-5, name="norm3", dtype=self.dtype)(x)
         return x + FeedForward(mult=4.0, activation="geglu", dtype=self.dtype, name="ff")(h)
 

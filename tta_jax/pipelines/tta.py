@@ -681,10 +681,20 @@ def example_text_cond(shapes: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
+def reference_augment(spec: Mapping[str, Any] | None) -> dict:
+    """The conditioner's reference augmentation (registry spec) -> LoaderConfig fields (training only)."""
+    if spec is None:
+        return {}
+    return {"reference_concept_dropout": float(spec["concept_drop"]),
+            "reference_content_mask": float(spec["content_mask"]),
+            "reference_content_keys": tuple(spec["content_keys"])}
+
+
 def build_task(config, mesh):
     """Trainer builder (``config.builder = "tta_jax.pipelines.tta:build_task"``): grain loader over
     ``config.data.precomputed_dir``, the denoiser from ``config.model`` (any family) and the configured
     objective. The task saves the sampling assets (:func:`save_assets`) into the workdir."""
+    from tta_jax.conditioners.registry import reference_spec_of
     from tta_jax.data.loader import LoaderConfig, make_dataset, read_manifest
     from tta_jax.train.loop import Task
 
@@ -696,13 +706,19 @@ def build_task(config, mesh):
     shapes = manifest.get("shapes", {})
     den = denoiser_of(config)
     check_latent_space(config, den)
-    if "reference" in den.cond_keys and not any(k.startswith("ref:") for k in shapes):
+    spec = reference_spec_of(config.get("conditioner"))
+    if spec is not None and not any(k.startswith("ref:") for k in shapes):
         raise ConfigError(f"config.conditioner reads reference audio, but {data_dir} was precomputed without "
                           f"references: precompute with --system <this config> and config.references.label set")
+    missing = [k for k in den.cond_keys if spec is not None and k.startswith("ref_") and f"ref:{k}" not in shapes]
+    if missing:
+        raise ConfigError(f"config.conditioner reads {missing[0]!r}, but the references in {data_dir} were "
+                          f"precomputed for another conditioner (they hold {sorted(k for k in shapes if k.startswith('ref:'))})")
     nproc = jax.process_count()
     lcfg = LoaderConfig.from_experiment(config.data, config.train.batch_size // nproc, config.seed,
                                         caption_dropout=config.diffusion.cond_drop_prob,
-                                        reference_dropout=float(config.diffusion.get("ref_drop_prob", 0.0)))
+                                        reference_dropout=float(config.diffusion.get("ref_drop_prob", 0.0)),
+                                        **reference_augment(spec))
     latent = list(shapes["latent"][0])
     den.check_latent_shape(tuple(latent), f"{data_dir}/manifest.json 'latent'")
     if lcfg.crop_frames:
@@ -761,11 +777,13 @@ def check_params(denoiser: Denoiser, params, shape: Sequence[int], context_len: 
 
 def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, steps: int | None = None,
                    guidance: float | None = None, rescale: float | None = None, num_frames: int | None = None,
-                   workdir: str | None = None, references: Sequence[Any] | None = None):
+                   workdir: str | None = None, references: Sequence[Any] | None = None,
+                   reference_captions: Sequence[str] | None = None):
     """All prompts in one batched, jitted sampling call -> (latents [N, T, C] or [N, H, T, C], audio [N, S],
     codec). ``workdir``: the training run, whose ``assets/`` hold the token PCA (no training data needed).
-    ``references``: audio files (or arrays) for a system conditioned on reference audio (SERST), the same
-    ones for every prompt; CFG's unconditioned branch drops them with the prompt."""
+    ``references``: audio files (or arrays) for a system conditioned on reference audio (SERST, DreamAudio),
+    the same ones for every prompt or one list per prompt; ``reference_captions`` one per reference (DreamAudio).
+    CFG's unconditioned branch drops them with the prompt."""
     from flax.core import meta
 
     from tta_jax.codecs.registry import build_codec
@@ -788,16 +806,14 @@ def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, ste
     cond, uncond = text_conds(text.encode, prompts, negative) if text is not None else ({}, {})
     if not cond:  # an unconditional model: the batch size comes from the number of prompts alone
         raise ConfigError("config.text.name is 'none': this system has no prompt to sample from")
-    if "reference" in den.cond_keys:
-        if not references:
-            raise ConfigError("this system is conditioned on reference audio (config.conditioner): pass one or more "
-                              "references (launch.sample --reference clip.wav)")
-        from tta_jax.conditioners.registry import reference_cond
+    from tta_jax.conditioners.registry import is_reference_conditioned, reference_cond
 
-        rc, ru = reference_cond(config.conditioner, references, len(prompts))
+    if is_reference_conditioned(config.get("conditioner")):
+        rc, ru = reference_cond(config.conditioner, references, len(prompts), codec=codec, text=text,
+                                captions=reference_captions)
         cond.update({k: jnp.asarray(v) for k, v in rc.items()})
         uncond.update({k: jnp.asarray(v) for k, v in ru.items()})
-    elif references:
+    elif references or reference_captions:
         raise ConfigError("references given, but this system reads no reference audio (config.conditioner)")
     params = meta.unbox(params)
     context_len = int(cond["text"].shape[1]) if "text" in cond else 1
@@ -840,13 +856,15 @@ def file_stem(i: int, prompt: str) -> str:
 
 
 def sample_pipeline(config, params, prompts, out_dir, *, seed=0, steps=None, guidance=None, rescale=None,
-                    workdir=None, references=None):
+                    workdir=None, references=None, reference_captions=None):
     """``config.sample_pipeline`` entry for launch/sample.py: a WAV and a spectrogram PNG per prompt
-    (``references``: reference audio files for a reference-conditioned system)."""
+    (``references`` / ``reference_captions``: reference audio files and their captions for a
+    reference-conditioned system)."""
     import soundfile as sf
 
     lat, audio, codec = generate_audio(config, params, prompts, seed=seed, steps=steps, guidance=guidance,
-                                       rescale=rescale, workdir=workdir, references=references)
+                                       rescale=rescale, workdir=workdir, references=references,
+                                       reference_captions=reference_captions)
     paths = []
     for i, (prompt, a, z) in enumerate(zip(prompts, audio, lat)):
         stem = os.path.join(out_dir, file_stem(i, prompt))

@@ -68,8 +68,22 @@ class BigVGANConfig:
                    sampling_rate=int(d.get("sampling_rate", 24000)))
 
 
-# v2 24 kHz / 100 mel / 256x layout (bigvgan_v2_24khz_100band_256x); check a checkpoint's config.json.
+# Architectures (a checkpoint folder's config.json is what loading uses; these are for init="random" and
+# for reading which mel front end a release needs). Every BigVGAN reads log(clamp(mel, 1e-5)) frames with
+# the "hifigan" padding of tta_jax.audio.mel (n_fft 1024, win 1024, fmin 0 for all releases below).
+# v2 24 kHz / 100 mel / 256x layout (bigvgan_v2_24khz_100band_256x; mel fmax 12 kHz: no preset in
+# tta_jax.audio.mel).
 V2_24K_100BAND = BigVGANConfig()
+# v2 22.05 kHz / 80 mel / 256x: bigvgan_v2_22khz_80band_fmax8k_256x takes tta_jax.audio.mel.HIFIGAN_22K
+# (mel="hifigan_22k": hop 256, fmax 8 kHz); bigvgan_v2_22khz_80band_256x is full band (fmax 11025 Hz: no
+# preset). The v1 bigvgan_22khz_80band has the same layout with a final tanh (its config.json has no
+# use_tanh_at_final: from_json_dict's default True).
+V2_22K_80BAND = BigVGANConfig(num_mels=80, sampling_rate=22050)
+# 16 kHz / hop 160 (5 * 4 * 2 * 2 * 2) in the v2 layout, 64 mels: fits tta_jax.audio.mel.AUDIOLDM (the
+# AudioLDM / Tango mel VAE front end; DreamAudio's mel VAE + BigVGAN). NVIDIA released no 16 kHz BigVGAN:
+# this is an architecture for random init or a checkpoint trained elsewhere in the released layout.
+V2_16K_160X = BigVGANConfig(num_mels=64, upsample_rates=(5, 4, 2, 2, 2), upsample_kernel_sizes=(10, 8, 4, 4, 4),
+                            sampling_rate=16000)
 
 
 # --------------------------------------------------------------------------------------------------
