@@ -154,7 +154,8 @@ def with_references(c, cfg, examples, system=None, codec=None, text=None):
 
     ``c.references.mode``: ``pairs`` (SERST) pairs each example with other clips of the same
     ``c.references.label`` (:func:`data_pipeline.references.pair_references`); ``concatenate`` / ``overlay``
-    (DreamAudio) build each target from K clips of distinct labels (:mod:`data_pipeline.customized`). The
+    (DreamAudio) build each target from K clips of distinct labels (:mod:`data_pipeline.customized`); a
+    ``target`` conditioner (DC-LDM) gets each example as its own single reference (no label needed). The
     returned PrecomputeConfig decodes the references at the conditioner's length and rate (the codec's when it
     encodes them with the system codec); ``encode_reference(audio, captions)`` is the conditioner's feature
     function, with the system's ``codec`` and ``text`` encoder."""
@@ -168,6 +169,10 @@ def with_references(c, cfg, examples, system=None, codec=None, text=None):
     spec = reference_spec_of(section, "system.conditioner", sample_rate=cfg.audio.sample_rate)
     if spec is None:
         return cfg, examples, None
+    encode = reference_features_of(section, "system.conditioner", codec=codec, text=text)
+    if spec["target"]:   # the condition is computed from the example itself (DC-LDM's teacher-forced tokens)
+        built = [dataclasses.replace(ex, refs=(ex,)) for ex in examples]
+        return dataclasses.replace(cfg, reference=cfg.audio, reference_count=1), built, encode
     r = c.references
     mode = str(r.get("mode", "pairs") or "pairs")
     if mode not in REFERENCE_MODES:
@@ -218,4 +223,4 @@ def with_references(c, cfg, examples, system=None, codec=None, text=None):
         raise ConfigError(f"no example could get {spec['count']} references by {r.label!r} in mode {mode!r} "
                           f"({report}); check config.references.label")
     cfg = dataclasses.replace(cfg, reference=ref_audio, reference_count=spec["count"])
-    return cfg, built, reference_features_of(section, "system.conditioner", codec=codec, text=text)
+    return cfg, built, encode

@@ -131,6 +131,9 @@ def _prepare(ex: Example, cfg: PrecomputeConfig):
                 return f"has {len(ex.refs)} reference clips, expected {cfg.reference_count}"
             refs = []
             for r in ex.refs:
+                if r is ex and cfg.reference == cfg.audio:   # the example is its own reference: decoded once
+                    refs.append(audio)
+                    continue
                 try:
                     refs.append(prepare_audio(r, cfg.reference)[0])
                 except BadExample as e:

@@ -3,7 +3,8 @@ r"""Export a run's params: ``python -m launch.export --workdir DIR --out params.
 Writes the latest (or ``--step``) checkpoint's inference params (EMA when the run kept one; ``--no_ema`` for the
 raw ones) as one flat ``.safetensors`` file ('/'-joined keys, what ``config.train.init_from`` and the converters
 read). ``--trainable_only``: only the leaves ``config.optimizer.trainable`` selects, e.g. the SERST adapter
-trained on a frozen Tango run (a few MB instead of the whole U-Net); ``--only REGEX`` (repeatable) picks any
+trained on a frozen Tango run (a few MB instead of the whole U-Net; for a LoRA run (``config.lora``) the
+adapters with their rank, alpha, targets and base-config hash, what ``launch.sample --lora`` reads); ``--only REGEX`` (repeatable) picks any
 other subset. A pattern that matches no parameter fails naming it.
 """
 from __future__ import annotations
@@ -45,7 +46,13 @@ def main(argv):
                             f"trained); drop --trainable_only")
         patterns += trainable
     params, step = load_params(_WORKDIR.value, step=_STEP.value, ema=not _RAW.value)
-    written = export_subset(params, patterns, _OUT.value)
+    if _TRAINABLE.value and config.get("lora") and not _ONLY.value:   # a LoRA run: the adapters + their settings
+        from tta_jax.train.lora import config_hash, flat_adapters, lora_section, save_lora
+
+        meta = {**lora_section(config.lora), "base": config_hash(config.model)}
+        written = save_lora(_OUT.value, flat_adapters(params["lora"]), meta)
+    else:
+        written = export_subset(params, patterns, _OUT.value)
     n = sum(int(np.prod(s)) for s in written.values())
     logging.info("step %d: %d tensors, %d values -> %s", step, len(written), n, _OUT.value)
     print(_OUT.value)

@@ -41,6 +41,8 @@ _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the config
 _GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the config's).")
 _RESCALE = flags.DEFINE_float("rescale", None, "CFG rescale phi (default: the config's).")
 _RAW = flags.DEFINE_bool("no_ema", False, "Use the raw params instead of the EMA.")
+_LORA = flags.DEFINE_multi_string("lora", None, "LoRA adapter FILE.safetensors[:SCALE] merged into the params before "
+                                  "sampling (repeat to stack several; tta_jax.train.lora).")
 _REFERENCE = flags.DEFINE_multi_string("reference", None, "Reference audio file for a reference-conditioned "
                                        "system (SERST, DreamAudio; repeat for several): the same references for "
                                        "every prompt.")
@@ -71,6 +73,10 @@ def main(argv):
     fn = resolve(pipeline, "sample_pipeline")
     params, step = load_params(_WORKDIR.value, step=_STEP.value, ema=not _RAW.value)
     logging.info("loaded %s params from step %d", "raw" if _RAW.value else "EMA", step)
+    if _LORA.value:
+        from tta_jax.train.lora import apply_lora_files, config_hash
+
+        params = apply_lora_files(params, _LORA.value, base_hash=config_hash(config.model))
     os.makedirs(_OUT.value, exist_ok=True)
     extra = {"references": list(_REFERENCE.value)} if _REFERENCE.value else {}
     if _REFERENCE_CAPTION.value:

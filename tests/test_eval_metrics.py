@@ -150,3 +150,14 @@ def test_accuracy_vs_chance_against_first_principles():
         accuracy_vs_chance(5, 3, 0.1)
     with pytest.raises(ValueError, match="chance=1.5"):
         accuracy_vs_chance(1, 3, 1.5)
+
+
+def test_difference_of_proportions_matches_newcombe_1998():
+    """Newcombe (1998), Statistics in Medicine 17:873-890, Table II, method 10 (hybrid score), to 4 places."""
+    from tta_jax.eval.metrics import difference_of_proportions
+
+    for (h1, n1, h2, n2), (lo, hi) in {(56, 70, 48, 80): (0.0524, 0.3339), (9, 10, 3, 10): (0.1705, 0.8090),
+                                       (5, 56, 0, 29): (-0.0381, 0.1926)}.items():
+        r = difference_of_proportions(h1, n1, h2, n2)
+        assert r["difference"] == pytest.approx(h1 / n1 - h2 / n2)
+        assert (round(r["ci_low"], 4), round(r["ci_high"], 4)) == (lo, hi)

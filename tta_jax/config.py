@@ -41,7 +41,7 @@ CHOICES = {
 }
 
 # Sections whose contents are validated elsewhere (model config classes, data sources, codecs).
-FREE_FORM = ("model", "data.source_kwargs", "codec", "text", "conditioner", "extra")
+FREE_FORM = ("model", "data.source_kwargs", "codec", "text", "conditioner", "lora", "extra")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.codec = ml_collections.ConfigDict()
     c.text = ml_collections.ConfigDict()
     c.conditioner = ml_collections.ConfigDict()
+    c.lora = ml_collections.ConfigDict()   # LoRA adapters (tta_jax.train.lora: rank, alpha, targets); empty = none
     c.extra = ml_collections.ConfigDict()
 
     c.diffusion = ml_collections.ConfigDict(dict(

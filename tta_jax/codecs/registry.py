@@ -53,7 +53,9 @@ Entries (``CODECS``; each section key is listed with its default in ``CODECS[nam
   ``encodec_24khz``), ``weights`` (a transformers ``EncodecModel`` folder: config.json + model.safetensors /
   pytorch_model.bin, :func:`tta_jax.convert.encodec.load_encodec`; its config.json is the architecture and a
   set ``preset`` must equal it), ``bandwidth`` (kbps, one of the model's ``target_bandwidths``; 0: the
-  smallest). Chunked (48 kHz) and ``normalize=True`` models are refused (ConfigError).
+  smallest). ``workdir`` instead of ``weights``: an EnCodec trained here (a :mod:`tta_jax.train.encodec` run: the
+  architecture from its ``config.json``, the params of its latest checkpoint; ``weights`` or ``preset`` with it
+  -> ConfigError). Chunked (48 kHz) and ``normalize=True`` models are refused (ConfigError).
 
 Every entry with weights takes ``init``: ``"pretrained"`` (default; the paths above) or ``"random"``
 (flax init from ``seed``: the same section gives the same weights at precompute and at sampling; the size
@@ -414,9 +416,10 @@ ENCODEC_DEFAULT_PRESET = "encodec_24khz"   # preset="" with init="random"
 
 
 def _encodec_model(s: dict, where: str):
-    """-> (EncodecConfig, params, codebooks used): the ``preset`` architecture with random weights, or a
+    """-> (EncodecConfig, params, codebooks used): the ``preset`` architecture with random weights, a
     transformers EncodecModel folder (``weights``; its config.json is the architecture, a set ``preset`` must
-    equal it). The architecture and ``bandwidth`` are checked before any weight is made or read."""
+    equal it) or a ``tta_jax.train.encodec`` run (``workdir``). The architecture and ``bandwidth`` are checked
+    before any weight is made or read."""
     from tta_jax.codecs.encodec import CONFIGS, init_params
 
     preset = _preset(CONFIGS, s["preset"], f"{where}.preset") if s["preset"] else None
@@ -424,6 +427,8 @@ def _encodec_model(s: dict, where: str):
         cfg = preset or CONFIGS[ENCODEC_DEFAULT_PRESET]
         n = _encodec_num_codebooks(cfg, s, where, f"{where}.preset={s['preset']!r}")
         return cfg, sections.random_init(lambda k: init_params(cfg, k), s["seed"]), n
+    if s["workdir"]:
+        return _encodec_run(s, where)
     from tta_jax.convert.common import ConversionError
     from tta_jax.convert.encodec import load_encodec
 
@@ -443,6 +448,26 @@ def _encodec_model(s: dict, where: str):
         diff = [f"{k}: {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k]]
         raise ConfigError(f"{where}.preset={s['preset']!r} differs from the config.json of {where}.weights={path!r} "
                           f"({'; '.join(diff)}); remove {where}.preset (the folder sets the architecture)")
+    return cfg, params, n
+
+
+def _encodec_run(s: dict, where: str):
+    """A ``tta_jax.train.encodec`` run (``workdir``): the architecture from its config.json, the params of its
+    latest checkpoint. ``weights`` / ``preset`` set too -> ConfigError (the run sets both)."""
+    from tta_jax.train.checkpoint import load_params
+    from tta_jax.train.encodec import run_architecture
+
+    for key in ("weights", "preset"):
+        if s[key]:
+            raise ConfigError(f"{where}.{key} and {where}.workdir are both set; keep one ({where}.workdir takes the "
+                              "architecture and the weights from the run)")
+    workdir = sections.existing_path(s["workdir"], f"{where}.workdir", "a tta_jax.train.encodec run")
+    cfg = run_architecture(workdir, f"{where}.workdir")
+    n = _encodec_num_codebooks(cfg, s, where, f"{where}.workdir={workdir!r}")
+    try:
+        params, _ = load_params(workdir, ema=False)
+    except FileNotFoundError as e:
+        raise sections.MissingWeights(f"{where}.workdir={workdir!r}: {e}") from None
     return cfg, params, n
 
 
@@ -495,18 +520,28 @@ def _build_encodec(s: dict, where: str) -> Codec:
             y = model.apply({"params": p}, z.astype(jnp.float32), method="decode_latents")
         return y if cfg.audio_channels == 1 else jnp.mean(y, axis=-1)
 
-    info = {"name": s["name"], **{k: s[k] for k in ("preset", "weights", "bandwidth", "init", "seed")},
+    keys = ("preset", "weights", "bandwidth", "init", "seed") + (("workdir",) if s["workdir"] else ())
+    info = {"name": s["name"], **{k: s[k] for k in keys},
             "sample_rate": int(cfg.sampling_rate), "num_codebooks": int(n), **dataclasses.asdict(cfg)}
     info = sections.jsonable(info)
     return Codec(s["name"], lambda a: enc(params, _audio_2d(a)), lambda z: dec(params, jnp.asarray(z)),
                  int(cfg.sampling_rate), cfg.hop_length, SEQUENCE, n if tokens else cfg.dim, None, info, _ident(info))
 
 
+def encodec_model(section: Any, where: str = "config.codec"):
+    """An ``encodec`` / ``encodec_tokens`` section -> (EncodecConfig, params, codebooks used): the model behind
+    the codec, for callers that need more than encode/decode (DC-LDM's tokens -> latents)."""
+    entry, d = _entry(section, where)
+    if entry.name not in ("encodec", "encodec_tokens"):
+        raise ConfigError(f"{where}.name={entry.name!r} is not an EnCodec codec")
+    return _encodec_model(entry.resolve(d, where), where)
+
+
 # ------------------------------------------------------------------------------------------------ registry
 _WEIGHTS = {"init": "pretrained", "seed": 0}
 _MEL_IMAGE = {"n_mels": 0, "vae": "", "vae_workdir": "", "vocoder": "", "vocoder_type": VOCODER_TYPES[0], **_WEIGHTS,
               "sample": False, "sample_seed": 0}
-_ENCODEC = {"preset": "", "weights": "", "bandwidth": 0.0, **_WEIGHTS}
+_ENCODEC = {"preset": "", "weights": "", "workdir": "", "bandwidth": 0.0, **_WEIGHTS}
 
 CODECS: dict[str, Builder] = {
     "toy": Builder("toy", {"sample_rate": 22050, "hop": 256, "bands": 7}, _build_toy),
@@ -547,4 +582,4 @@ def resolve_codec_section(section: Any, where: str = "config.codec") -> dict:
 
 
 __all__ = ["Codec", "Builder", "CODECS", "SEQUENCE", "IMAGE", "build_codec", "resolve_codec_section",
-           "vocoder_presets", "bigvgan_presets", "VOCODER_TYPES", "oobleck_config", "oobleck_codec"]
+           "vocoder_presets", "bigvgan_presets", "VOCODER_TYPES", "oobleck_config", "oobleck_codec", "encodec_model"]

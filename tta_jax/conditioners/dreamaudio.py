@@ -72,7 +72,8 @@ def reference_spec(section: Mapping[str, Any]) -> dict:
         raise ConfigError(f"config.conditioner.reference.count={count}: need at least one reference slot")
     return {"seconds": float(r.get("seconds", 2.5)), "count": count, "sample_rate": None, "captions": True,
             "fixed_count": True, "concept_drop": float(a.get("concept_drop", 0.4)),
-            "content_mask": float(a.get("content_mask", 0.1)), "content_keys": ("ref_latent",)}
+            "content_mask": float(a.get("content_mask", 0.1)), "content_keys": ("ref_latent",),
+            "features": ("ref_latent", "ref_text", "ref_text_mask")}
 
 
 def reference_encoder(section: Mapping[str, Any], codec, text):

@@ -14,11 +14,12 @@ encodes references with the system's own codec), ``captions`` (whether each refe
 ``fixed_count`` (K slots always, fewer references masked: the model takes 0..K) and
 the loader's reference augmentation: ``concept_drop`` (p of dropping each reference on its own),
 ``content_mask`` (fraction of frames zeroed, one span per reference, along axis -2 of the features named in
-``content_keys``). The feature names are the cond keys the wrapped denoiser reads (precompute stores them as
+``content_keys``); ``features``: the names the feature function returns; ``target``: the one "reference" is the example itself (its own clip and caption in
+training; at sampling the features come from the prompt alone, e.g. DC-LDM's LM). The feature names are the cond keys the wrapped denoiser reads (precompute stores them as
 ``ref:<name>`` [K, ...]; the loader emits ``<name>`` [B, K, ...] and ``reference_mask`` [B, K]).
 
 Entries: ``serst`` (:mod:`tta_jax.conditioners.serst`), ``dreamaudio`` (:mod:`tta_jax.conditioners.
-dreamaudio`). An empty section (no name) is no conditioner.
+dreamaudio`), ``dcldm`` (:mod:`tta_jax.conditioners.dcldm`). An empty section (no name) is no conditioner.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from tta_jax.errors import ConfigError
 
 
 SPEC_DEFAULTS = {"sample_rate": None, "captions": False, "fixed_count": False, "concept_drop": 0.0,
-                 "content_mask": 0.0, "content_keys": ()}
+                 "content_mask": 0.0, "content_keys": (), "target": False, "features": ()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,13 @@ def _dreamaudio() -> Conditioner:
                        dreamaudio.SECTION_KEYS)
 
 
-CONDITIONERS: dict[str, Callable[[], Conditioner]] = {"serst": _serst, "dreamaudio": _dreamaudio}
+def _dcldm() -> Conditioner:
+    from tta_jax.conditioners import dcldm
+
+    return Conditioner(dcldm.with_acoustic, dcldm.reference_spec, dcldm.acoustic_features, dcldm.SECTION_KEYS)
+
+
+CONDITIONERS: dict[str, Callable[[], Conditioner]] = {"serst": _serst, "dreamaudio": _dreamaudio, "dcldm": _dcldm}
 
 
 def _entry(section, where: str) -> tuple[Conditioner | None, dict]:
@@ -140,6 +147,18 @@ def _rows(items, batch: int, what: str) -> list[list]:
     return rows
 
 
+def prompt_cond(section, prompts, seconds: float, where: str = "config.conditioner", *, codec=None, text=None,
+                seed: int = 0) -> tuple[dict, dict]:
+    """A ``target`` conditioner (module docstring; DC-LDM) -> (cond, uncond) computed from the prompts alone:
+    each feature [N, 1, ...] for a clip of ``seconds``, ``reference_mask`` [N, 1] True; the unconditioned
+    branch switches the slot off."""
+    encode = reference_features_of(section, where, codec=codec, text=text)
+    feats = encode(None, [str(p) for p in prompts], seconds=float(seconds), seed=int(seed))
+    cond = {name: np.asarray(v)[:, None] for name, v in feats.items()}
+    cond["reference_mask"] = np.ones((len(prompts), 1), bool)
+    return cond, {"reference_mask": np.zeros((1, 1), bool)}
+
+
 def reference_cond(section, paths, batch: int, where: str = "config.conditioner", *, codec=None, text=None,
                    captions=None) -> tuple[dict, dict]:
     """``--reference`` files -> (cond, uncond) for the generator: each reference feature [batch, K, ...] and
@@ -153,6 +172,8 @@ def reference_cond(section, paths, batch: int, where: str = "config.conditioner"
     spec = reference_spec_of(section, where, sample_rate=None if codec is None else codec.sample_rate)
     if spec is None:
         raise ConfigError(f"{where} reads no reference audio; drop --reference")
+    if spec["target"]:
+        raise ConfigError(f"{where} computes its condition from the prompt (prompt_cond), not from --reference")
     rows = _rows(paths or [], batch, "references")
     k = len(rows[0])
     fixed = bool(spec.get("fixed_count"))
@@ -187,4 +208,4 @@ def reference_cond(section, paths, batch: int, where: str = "config.conditioner"
 
 
 __all__ = ["Conditioner", "CONDITIONERS", "wrap_denoiser", "reference_spec_of", "reference_features_of",
-           "is_reference_conditioned", "load_references", "reference_cond"]
+           "is_reference_conditioned", "load_references", "reference_cond", "prompt_cond"]

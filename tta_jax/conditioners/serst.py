@@ -149,7 +149,7 @@ def reference_spec(section: Mapping[str, Any] | None) -> dict:
     """``config.conditioner.reference`` with defaults: seconds (2.0), count K (1)."""
     d = dict(section or {})
     return {"seconds": float(d.get("seconds", 2.0)), "count": int(d.get("count", 1)),
-            "sample_rate": REFERENCE_MEL.sample_rate}
+            "sample_rate": REFERENCE_MEL.sample_rate, "features": ("reference",)}
 
 
 def reference_features(audio: np.ndarray) -> dict[str, np.ndarray]:

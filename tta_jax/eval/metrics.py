@@ -262,6 +262,17 @@ __all__ = [
 ]
 
 
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``hits / n`` (``z`` = 1.96: 95 %)."""
+    if n <= 0 or not 0 <= hits <= n:
+        raise ValueError(f"wilson_interval: need 0 <= hits <= n and n > 0, got hits={hits}, n={n}")
+    p = hits / n
+    den = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
+
+
 def accuracy_vs_chance(hits: int, n: int, chance: float, z: float = 1.96) -> dict[str, float]:
     """``hits`` of ``n`` trials against a chance rate: the accuracy, its Wilson score interval (``z`` = 1.96:
     95 %) and the exact one-sided binomial p-value of doing at least this well by chance."""
@@ -272,9 +283,19 @@ def accuracy_vs_chance(hits: int, n: int, chance: float, z: float = 1.96) -> dic
     if not 0 < chance < 1:
         raise ValueError(f"accuracy_vs_chance: chance={chance} must be in (0, 1)")
     p = hits / n
-    den = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    lo, hi = wilson_interval(hits, n, z)
     pval = float(scipy.stats.binomtest(hits, n, chance, alternative="greater").pvalue)
-    return dict(accuracy=p, hits=float(hits), n=float(n), chance=chance, ci_low=float(max(centre - half, 0.0)),
-                ci_high=float(min(centre + half, 1.0)), p_value=pval, times_chance=p / chance)
+    return dict(accuracy=p, hits=float(hits), n=float(n), chance=chance, ci_low=lo, ci_high=hi, p_value=pval,
+                times_chance=p / chance)
+
+
+def difference_of_proportions(hits1: int, n1: int, hits2: int, n2: int, z: float = 1.96) -> dict[str, float]:
+    """``hits1/n1 - hits2/n2`` with Newcombe's hybrid score interval (Newcombe 1998, method 10: the two Wilson
+    intervals combined; ``z`` = 1.96: 95 %). Independent samples: conservative for paired designs."""
+    p1, p2 = hits1 / n1, hits2 / n2
+    l1, u1 = wilson_interval(hits1, n1, z)
+    l2, u2 = wilson_interval(hits2, n2, z)
+    d = p1 - p2
+    low = d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return dict(difference=float(d), ci_low=float(low), ci_high=float(high))

@@ -99,8 +99,17 @@ def denoiser_of(config) -> Denoiser:
     adapter in front of a single encoder's ``text`` too (Auffusion's CLIP-only model);
     ``config.model.text_padding`` (``"mask"`` | ``"zeros"``) is how the adapters see padded positions. These
     two keys are the wrapper's, not the denoiser family's. ``config.conditioner`` (e.g. SERST's reference
-    adapter, :mod:`tta_jax.conditioners.registry`) wraps the denoiser inside the text adapters."""
+    adapter, :mod:`tta_jax.conditioners.registry`) wraps the denoiser inside the text adapters; ``config.lora``
+    (:func:`tta_jax.train.lora.with_lora`: low-rank adapters, params ``{"net", "lora"}``) wraps it all."""
     from tta_jax.conditioners.registry import wrap_denoiser
+
+    lora = dict(config.get("lora") or {})
+    if lora:
+        from tta_jax.train.lora import with_lora
+
+        base = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") else dict(config)
+        base["lora"] = {}
+        return with_lora(denoiser_of(base), lora)
 
     fields = dict(config.model.to_dict() if hasattr(config.model, "to_dict") else config.model)
     text = config.get("text") or {}
@@ -710,7 +719,7 @@ def build_task(config, mesh):
     if spec is not None and not any(k.startswith("ref:") for k in shapes):
         raise ConfigError(f"config.conditioner reads reference audio, but {data_dir} was precomputed without "
                           f"references: precompute with --system <this config> and config.references.label set")
-    missing = [k for k in den.cond_keys if spec is not None and k.startswith("ref_") and f"ref:{k}" not in shapes]
+    missing = [k for k in (spec or {}).get("features", ()) if f"ref:{k}" not in shapes]
     if missing:
         raise ConfigError(f"config.conditioner reads {missing[0]!r}, but the references in {data_dir} were "
                           f"precomputed for another conditioner (they hold {sorted(k for k in shapes if k.startswith('ref:'))})")
@@ -758,19 +767,27 @@ def check_params(denoiser: Denoiser, params, shape: Sequence[int], context_len: 
     ``example_cond``: as for :meth:`Denoiser.init`."""
     from flax.core import meta
 
-    from tta_jax.train.optim import path_str
-
     want = jax.eval_shape(lambda r: meta.unbox(denoiser.init(r, tuple(shape), context_len, example_cond)),
                           jax.random.PRNGKey(0))
-    flat_want = {path_str(p): tuple(v.shape) for p, v in jax.tree_util.tree_flatten_with_path(want)[0]}
+    check_param_shapes(params, want, where)
+
+
+def check_param_shapes(params, want, where: str, what: str = "the model config.model builds") -> None:
+    """ConfigError naming the first parameter whose path or shape differs between ``params`` (loaded from
+    ``where``) and ``want`` (a tree of arrays or ShapeDtypeStructs: ``what``)."""
+    from flax.core import meta
+
+    from tta_jax.train.optim import path_str
+
+    flat_want = {path_str(p): tuple(np.shape(v)) for p, v in jax.tree_util.tree_flatten_with_path(want)[0]}
     flat_have = {path_str(p): tuple(np.shape(v))
                  for p, v in jax.tree_util.tree_flatten_with_path(meta.unbox(params))[0]}
     for name in sorted(set(flat_want) | set(flat_have)):
         a, b = flat_have.get(name), flat_want.get(name)
         if a != b:
-            what = ("is missing" if a is None else f"has shape {a}") + " in the checkpoint"
+            status = ("is missing" if a is None else f"has shape {a}") + " in the checkpoint"
             exp = "is not in" if b is None else f"has shape {b} in"
-            raise ConfigError(f"{where}: parameter {name!r} {what}, but {exp} the model config.model builds "
+            raise ConfigError(f"{where}: parameter {name!r} {status}, but {exp} {what} "
                               f"({len(flat_have)} checkpoint / {len(flat_want)} model parameters): the config "
                               f"does not match these params")
 
@@ -806,11 +823,19 @@ def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, ste
     cond, uncond = text_conds(text.encode, prompts, negative) if text is not None else ({}, {})
     if not cond:  # an unconditional model: the batch size comes from the number of prompts alone
         raise ConfigError("config.text.name is 'none': this system has no prompt to sample from")
-    from tta_jax.conditioners.registry import is_reference_conditioned, reference_cond
+    from tta_jax.conditioners.registry import prompt_cond, reference_cond, reference_spec_of
 
-    if is_reference_conditioned(config.get("conditioner")):
+    spec = reference_spec_of(config.get("conditioner"))
+    if spec is not None and spec["target"]:   # computed from the prompts (DC-LDM's LM), not from references
+        if references or reference_captions:
+            raise ConfigError("this system computes its extra condition from the prompt (config.conditioner); "
+                              "drop the references")
+        rc, ru = prompt_cond(config.conditioner, prompts, frames * codec.hop_length / codec.sample_rate,
+                             codec=codec, text=text, seed=seed)
+    elif spec is not None:
         rc, ru = reference_cond(config.conditioner, references, len(prompts), codec=codec, text=text,
                                 captions=reference_captions)
+    if spec is not None:
         cond.update({k: jnp.asarray(v) for k, v in rc.items()})
         uncond.update({k: jnp.asarray(v) for k, v in ru.items()})
     elif references or reference_captions:
