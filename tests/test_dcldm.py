@@ -201,3 +201,24 @@ def test_acoustic_path_on_the_dit():
     assert float(jnp.abs(den.module.apply(trained, x, t, on) - ref).max()) > 1e-3
     off = den.module.apply(trained, x, t, dict(on, reference_mask=jnp.zeros((B, 1), bool)))
     np.testing.assert_array_equal(np.asarray(off), np.asarray(ref))
+
+
+def test_vae_representation_reencodes_the_lm_audio_with_the_system_codec():
+    """Option (b): tokens -> EnCodec audio -> resampled to the system codec's rate -> its latents [N, H, T, C]
+    -> one row per latent frame [N, T, H*C]; option (a): the code vectors [N, T_a, dim]."""
+    from tta_jax.codecs.encodec import CONFIGS, init_params
+    from tta_jax.codecs.registry import build_codec
+    from tta_jax.conditioners.dcldm import AcousticLM, acoustic_from_tokens
+
+    cfg = CONFIGS["tiny"]
+    lm = AcousticLM(None, None, cfg, init_params(cfg, jax.random.PRNGKey(0)), 4, "")
+    tokens = np.random.default_rng(0).integers(0, cfg.codebook_size, size=(2, 50, 4))
+    a = acoustic_from_tokens(lm, tokens, "codec")
+    assert a.shape == (2, 50, cfg.codebook_dim or cfg.hidden_size) and np.isfinite(a).all()
+    codec = build_codec(_config().codec)
+    z = acoustic_from_tokens(lm, tokens, "vae", codec)
+    lat = np.asarray(codec.encode(np.zeros((2, round(50 * cfg.hop_length * codec.sample_rate / cfg.sampling_rate)),
+                                           np.float32)))
+    assert z.shape == (2, lat.shape[2], lat.shape[1] * lat.shape[3]) and np.isfinite(z).all()
+    with pytest.raises(ConfigError, match="system codec"):
+        acoustic_from_tokens(lm, tokens, "vae")
