@@ -1,7 +1,7 @@
 """Benchmarks: JAX vs PyTorch for the denoisers (train step, 100-step DDIM + CFG sampling), matmul peak,
 data loader.
 
-  python -m launch.bench {all,dit,unet,data,peak} [--json out.json] [--quick] [--repeats N]
+  python -m launch.bench {all,dit,unet,lora,data,peak} [--json out.json] [--quick] [--repeats N]
                          [--xla_flags "..."] [--threads N]
 
 What is measured (every number is the **median** of ``--repeats`` timed runs after warm-up/compile):
@@ -19,6 +19,11 @@ What is measured (every number is the **median** of ``--repeats`` timed runs aft
     loop under ``torch.inference_mode``.
 - ``unet``: Tango-layout U-Net (``tta_jax.denoisers.unet``) vs diffusers ``UNet2DConditionModel`` with
   the same weights (``tta_jax.convert.diffusers_unet``), same two tasks.
+- ``lora``: JAX only, full fine-tuning vs LoRA (rank 8 on attention q/k/v/out, self + cross, base frozen by
+  ``config.optimizer.trainable = ("lora/.*",)``) for the DiT and the U-Net above (random init), same train
+  step as ``train``. Per variant: step time, trained params (count, fraction of all params), optimizer-state
+  bytes, and peak memory twice: XLA ``memory_analysis`` of the compiled step (argument + output + temp -
+  alias) and ``ru_maxrss`` of a fresh subprocess that ran only that variant (``LORA_MEMORY_NOTE``).
 - ``data``: ``launch.bench_data`` (embedded render, precompute, grain loader).
 
 FLOPs come from XLA's ``cost_analysis`` of the compiled JAX program (train step; one CFG model call x
@@ -183,8 +188,10 @@ def _schedule():
     return D.make_schedule("scaled_linear", zero_terminal_snr=True, prediction_type="v_prediction")
 
 
-def _jax_train(apply_fn, params, x0, cond, repeats):
-    """Times one donated, jitted make_train_step step. -> (median, times, flops)."""
+def _jax_train_state(apply_fn, params, x0, cond, trainable: tuple[str, ...] = ()):
+    """The real trainer's step (``diffusion_loss`` v-pred MSE, AdamW, ``make_train_step`` with EMA off) and its
+    fresh state. ``trainable``: ``config.optimizer.trainable`` regexes (empty: all train).
+    -> (step fn, state, batch {"latent", "cond"})."""
     import jax
     import jax.numpy as jnp
 
@@ -198,15 +205,28 @@ def _jax_train(apply_fn, params, x0, cond, repeats):
     def loss_fn(p, b, r):
         return D.diffusion_loss(lambda pp, x, t, c, rng: apply_fn(pp, x, t, c), p, b, r, sched)
 
-    tx, _ = make_optimizer({"name": "adamw", "lr": 1e-4, "weight_decay": 0.01, "schedule": "constant"})
+    tx, _ = make_optimizer({"name": "adamw", "lr": 1e-4, "weight_decay": 0.01, "schedule": "constant",
+                            "trainable": tuple(trainable)})
     step = make_train_step(loss_fn, tx, ema_decay=None)
     fresh = jax.tree.map(lambda a: jnp.array(a, jnp.float32), params)
     state = create_state(lambda k: fresh, tx, jax.random.PRNGKey(0), use_ema=False)
     batch = {"latent": jnp.asarray(x0), "cond": jax.tree.map(jnp.asarray, cond)}
+    return step, state, batch
+
+
+def _compile_step(step, state, batch):
+    """``jax.jit(step)`` with the state donated, AOT-compiled for ``(state, batch)``."""
+    import jax
+
     log("jax train: compiling")
-    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    return jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+
+
+def _time_train(compiled, state, batch, repeats):
+    """Median time of ``compiled(state, batch)`` (state donated, threaded through). -> (median, times, loss)."""
+    import jax
+
     log("jax train: timing")
-    flops = _flops(compiled)
     box = [state]
 
     def run():
@@ -216,7 +236,15 @@ def _jax_train(apply_fn, params, x0, cond, repeats):
         return m
 
     med, times = median_time(run, repeats, warmup=2)
-    loss = float(run()["loss"])
+    return med, times, float(run()["loss"])
+
+
+def _jax_train(apply_fn, params, x0, cond, repeats):
+    """Times one donated, jitted make_train_step step. -> (median, times, flops, loss)."""
+    step, state, batch = _jax_train_state(apply_fn, params, x0, cond)
+    compiled = _compile_step(step, state, batch)
+    flops = _flops(compiled)
+    med, times, loss = _time_train(compiled, state, batch, repeats)
     return med, times, flops, loss
 
 
@@ -475,6 +503,211 @@ def bench_unet(b: UNetBench, peak: float | None, repeats: int = 3, sample_repeat
     return rows
 
 
+# ----------------------------------------------------------------------------- LoRA vs full fine-tuning
+LORA_RANK = 8
+# attention q/k/v/out, self- and cross-attention (DiT: attn / cross_attn; U-Net: attn1 / attn2)
+LORA_TARGETS = {"dit": (".*/(attn|cross_attn)/to_(q|k|v|out)",), "unet": (".*/attn[12]/to_(q|k|v|out)",)}
+LORA_VARIANTS = ("full", "lora")
+LORA_MEMORY_NOTE = {
+    "compiled_peak_bytes": "XLA memory_analysis() of the compiled, donated train step: argument + output + "
+                           "temp - alias bytes (what the step itself holds: state, batch, activations, grads)",
+    "rss_peak_bytes": "resource.getrusage(RUSAGE_SELF).ru_maxrss of a fresh subprocess that ran only this "
+                      "variant (build, init, compile, timing): the whole process, incl. the JAX runtime and "
+                      "the XLA compiler",
+    "rss_before_compile_bytes": "the same ru_maxrss in that subprocess after building the params and the "
+                                "train state, before compiling the step",
+}
+
+
+def _lora_sizes(quick: bool) -> dict:
+    """{"dit": DiTBench, "unet": UNetBench} of the other suites (``quick``: the tiny ones)."""
+    return {"dit": QUICK_DIT if quick else DiTBench(), "unet": QUICK_UNET if quick else UNetBench()}
+
+
+def _bench_of(family: str, size: dict):
+    """``size`` (a :class:`DiTBench` / :class:`UNetBench` as a dict, e.g. from JSON) -> the dataclass."""
+    cls = {"dit": DiTBench, "unet": UNetBench}.get(family)
+    if cls is None:
+        raise ValueError(f"launch/bench.py lora: family {family!r} is not 'dit' or 'unet'")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in size.items()})
+
+
+def _lora_base(family: str, b, attention: str = "auto"):
+    """The base denoiser at bench size ``b``, randomly initialised (:func:`_random_params`; no torch needed).
+    -> (flax module, params, x0 [B, T, C] or [B, H, W, C], cond {"text" [B, L, D], "text_mask" [B, L]}, tag)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    if family == "dit":
+        from tta_jax.denoisers.dit import DiT
+
+        model = DiT(dit_config(b, attention))
+        shape, dim = (b.frames, b.channels), b.context_dim
+        tag = f"dit w{b.width} d{b.depth} T{b.frames} B{b.batch}"
+    else:
+        from tta_jax.denoisers.unet import UNet
+
+        model = UNet.from_diffusers_config(unet_diffusers_config(b), attention_backend=attention)
+        shape, dim = (b.height, b.width, b.channels), b.cross_dim
+        tag = f"unet {'-'.join(map(str, b.block_out_channels))} {b.height}x{b.width} B{b.batch}"
+    rng = np.random.default_rng(0)
+    B, L = b.batch, b.context_len
+    x0 = rng.standard_normal((B,) + shape).astype(np.float32)
+    tmask = np.ones((B, L), bool)
+    tmask[::2, L * 3 // 4:] = False
+    cond = {"text": jnp.asarray(rng.standard_normal((B, L, dim)).astype(np.float32)),
+            "text_mask": jnp.asarray(tmask)}
+    one = jax.tree.map(lambda a: a[:1], cond)
+    shapes = jax.eval_shape(lambda r: model.init(r, jnp.asarray(x0[:1]), jnp.zeros((1,), jnp.int32), one),
+                            jax.random.PRNGKey(0))["params"]
+    return model, _random_params(shapes, rng), x0, cond, tag
+
+
+def _random_params(shapes, rng):
+    """Random float32 params of ``shapes`` (an ``eval_shape`` tree; nothing is compiled): kernels
+    ``N(0, 1 / fan_in)``, norm ``scale`` 1, other vectors ``N(0, 0.02^2)``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax.core import meta
+
+    def one(path, s):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "scale":
+            return jnp.ones(s.shape, jnp.float32)
+        std = 1 / np.sqrt(max(int(np.prod(s.shape[:-1])), 1)) if len(s.shape) >= 2 else 0.02
+        return jnp.asarray(std * rng.standard_normal(s.shape), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(one, meta.unbox(shapes))
+
+
+def _n_params(tree) -> int:
+    import jax
+
+    return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def _n_bytes(tree) -> int:
+    import jax
+
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def _max_rss_bytes() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024   # Linux: KiB
+
+
+def compiled_memory(compiled) -> dict:
+    """XLA's ``memory_analysis()`` of a compiled program -> {argument, output, temp, alias, generated_code
+    bytes, ``compiled_peak_bytes`` = argument + output + temp - alias}; {} if the backend has none."""
+    try:
+        ma = compiled.memory_analysis()
+    except Exception:  # pragma: no cover - backend without memory analysis
+        return {}
+    if ma is None:
+        return {}
+    out = {k: int(getattr(ma, f"{k}_size_in_bytes", 0) or 0)
+           for k in ("argument", "output", "temp", "alias", "generated_code")}
+    out = {f"{k}_bytes": v for k, v in out.items()}
+    out["compiled_peak_bytes"] = (out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
+                                  - out["alias_bytes"])
+    return out
+
+
+def lora_variant(family: str, variant: str, size: dict, repeats: int = 3, attention: str = "auto",
+                 peak: float | None = None) -> dict:
+    """One train-step measurement, in this process: ``variant`` "full" (every parameter trains) or "lora"
+    (rank-:data:`LORA_RANK` adapters on :data:`LORA_TARGETS` via :class:`tta_jax.train.lora.LoRADenoiser`,
+    ``trainable = ("lora/.*",)``: the base is frozen). Same step as the trainer (:func:`_jax_train_state`).
+    -> a :func:`_row` dict (``torch_s`` None) + variant, trained/total params, optimizer-state bytes,
+    :func:`compiled_memory` and the process's ``rss_*`` (meaningful in a fresh process: :func:`lora_isolated`)."""
+    import jax
+
+    from tta_jax.train.lora import LoRADenoiser, init_lora, nest_adapters
+    from tta_jax.train.optim import trainable_mask
+
+    if variant not in LORA_VARIANTS:
+        raise ValueError(f"launch/bench.py lora: variant {variant!r} is not one of {LORA_VARIANTS}")
+    b = _bench_of(family, size)
+    log(f"lora: {family} {variant}: building")
+    model, base, x0, cond, tag = _lora_base(family, b, attention)
+    if variant == "full":
+        params, trainable, net = base, (), model
+        task = "train step full"
+    else:
+        targets = LORA_TARGETS[family]
+        adapters = init_lora(base, targets, LORA_RANK, jax.random.PRNGKey(1))
+        params, trainable = {"net": base, "lora": nest_adapters(adapters)}, ("lora/.*",)
+        net = LoRADenoiser(model, targets, LORA_RANK)
+        task = f"train step LoRA r{LORA_RANK}"
+
+    def apply_fn(p, x, t, c):
+        return net.apply({"params": p}, x, t, c)
+
+    step, state, batch = _jax_train_state(apply_fn, params, x0, cond, trainable)
+    rss_before = _max_rss_bytes()
+    mask = trainable_mask(state.params, trainable)
+    trained = int(sum(x.size for x, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask)) if m))
+    total = _n_params(state.params)
+    info = {"variant": variant, "trained_params": trained, "total_params": total,
+            "base_params": _n_params(base), "trained_frac": trained / total,
+            "opt_state_bytes": _n_bytes(state.opt_state), "params_bytes": _n_bytes(state.params)}
+    if variant == "lora":
+        info.update(rank=LORA_RANK, targets=list(LORA_TARGETS[family]), adapted_kernels=len(adapters))
+    compiled = _compile_step(step, state, batch)
+    info.update(compiled_memory(compiled))
+    flops = _flops(compiled)
+    med, times, loss = _time_train(compiled, state, batch, repeats)   # donates (deletes) ``state``
+    return _row(tag, task, med, None, flops, peak, times, [], jax_loss=loss, **info,
+                rss_before_compile_bytes=rss_before, rss_peak_bytes=_max_rss_bytes())
+
+
+_ISOLATED = ("import json, sys\n"
+             "from launch import bench\n"
+             "r = bench.lora_variant(**json.loads(sys.argv[1]))\n"
+             "print('@@lora ' + json.dumps(r))\n")
+
+
+def lora_isolated(family: str, variant: str, size: dict, repeats: int = 3, attention: str = "auto",
+                  peak: float | None = None, timeout: float = 3600) -> dict:
+    """:func:`lora_variant` in a fresh ``python`` subprocess (same interpreter, environment incl. ``XLA_FLAGS``),
+    so its ``rss_*`` figures are this variant's alone. Its log goes to our stderr. -> the row dict."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = json.dumps({"family": family, "variant": variant, "size": size, "repeats": repeats,
+                       "attention": attention, "peak": peak})
+    proc = subprocess.run([sys.executable, "-c", _ISOLATED, args], cwd=root, env=env, stdout=subprocess.PIPE,
+                          text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@lora ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"launch/bench.py lora: the {family} {variant} subprocess failed "
+                           f"(exit {proc.returncode}; its stderr is above)")
+    return json.loads(lines[-1][len("@@lora "):])
+
+
+def bench_lora(quick: bool = False, repeats: int = 3, attention: str = "auto", peak: float | None = None,
+               families: tuple[str, ...] = ("dit", "unet"), isolate: bool = True) -> list[dict]:
+    """Full fine-tuning vs LoRA for each family at the bench size (``quick``: the tiny one): one
+    :func:`lora_variant` row per (family, variant), each in a fresh subprocess unless ``isolate`` is False
+    (then ``rss_*`` are this process's and mean little). -> rows, full then LoRA per family."""
+    rows = []
+    for family, b in _lora_sizes(quick).items():
+        if family not in families:
+            continue
+        for variant in LORA_VARIANTS:
+            kw = dict(family=family, variant=variant, size=dataclasses.asdict(b), repeats=repeats,
+                      attention=attention, peak=peak)
+            row = lora_isolated(**kw) if isolate else lora_variant(**kw)
+            row["isolated"] = isolate
+            rows.append(row)
+    return rows
+
+
 # ----------------------------------------------------------------------------- data
 def bench_data(quick: bool) -> dict:
     from launch import bench_data as bd
@@ -497,6 +730,29 @@ def _fmt_p(v):
     return "-" if v is None else f"{v:.0f}%"
 
 
+def _fmt_b(v):
+    return "-" if v is None else (f"{v / 2**20:.1f} MiB" if v < 2**30 else f"{v / 2**30:.2f} GiB")
+
+
+def _fmt_n(v):
+    return "-" if v is None else (f"{v / 1e6:.2f} M" if v >= 1e5 else f"{v / 1e3:.1f} k")
+
+
+def print_lora_table(rows: list[dict]) -> None:
+    """The ``lora`` suite: full fine-tuning vs LoRA side by side (``XLA peak``: compiled_peak_bytes, ``RSS``:
+    rss_peak_bytes of the variant's own process; see LORA_MEMORY_NOTE)."""
+    hdr = (f"{'model':<30} {'task':<22} {'step':>9} {'trained':>9} {'frac':>7} {'opt state':>10} "
+           f"{'XLA peak':>10} {'RSS peak':>10} {'FLOPs':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        frac = r.get("trained_frac")
+        print(f"{r['model']:<30} {r['task']:<22} {_fmt_s(r['jax_s']):>9} {_fmt_n(r.get('trained_params')):>9} "
+              f"{'-' if frac is None else f'{100 * frac:.2f}%':>7} {_fmt_b(r.get('opt_state_bytes')):>10} "
+              f"{_fmt_b(r.get('compiled_peak_bytes')):>10} {_fmt_b(r.get('rss_peak_bytes')):>10} "
+              f"{_fmt_f(r.get('flops')):>8}")
+
+
 def print_table(result: dict) -> None:
     pk = result.get("peak")
     if pk:
@@ -514,6 +770,8 @@ def print_table(result: dict) -> None:
             print(f"{r['model']:<30} {r['task']:<26} {_fmt_s(r['jax_s']):>9} {_fmt_s(r['torch_s']):>9} "
                   f"{sp:>8} {_fmt_f(r['jax_flops_per_s']):>10} {_fmt_f(r['torch_flops_per_s']):>8} "
                   f"{_fmt_p(r['jax_pct_peak']):>7} {_fmt_p(r['torch_pct_peak']):>6}")
+    if result.get("lora"):
+        print_lora_table(result["lora"])
     for k, v in result.get("targets", {}).items():
         print(f"target {k}: {v}")
     if result.get("data"):
@@ -545,13 +803,14 @@ def run(which: str, quick: bool = False, repeats: int | None = None, threads: in
         attention: str = "auto") -> dict:
     # libgomp reads this when torch is loaded: with the default (active spin-waiting) OpenMP barriers a
     # 2-thread torch on a loaded machine was ~1000x slower (2 s vs 3 ms per tiny forward).
-    if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
-        print("warning: torch already imported; OMP_WAIT_POLICY=PASSIVE not applied", file=sys.stderr)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
+    if which != "lora":      # the lora suite is JAX only
+        if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+            print("warning: torch already imported; OMP_WAIT_POLICY=PASSIVE not applied", file=sys.stderr)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        import torch
 
-    threads = threads or os.cpu_count()
-    torch.set_num_threads(threads)
+        threads = threads or os.cpu_count()
+        torch.set_num_threads(threads)
     result = {"benchmark": which, "quick": quick, "machine": machine_info(), "versions": versions(),
               "settings": {"torch_threads": threads, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                            "attention_backend": attention,
@@ -572,6 +831,11 @@ def run(which: str, quick: bool = False, repeats: int | None = None, threads: in
         b = QUICK_UNET if quick else UNetBench()
         result["config"]["unet"] = {"bench": dataclasses.asdict(b), "diffusers": unet_diffusers_config(b)}
         result["results"] += bench_unet(b, peak, repeats=rep, sample_repeats=rep, attention=attention)
+    if which in ("all", "lora"):
+        result["config"]["lora"] = {"rank": LORA_RANK, "targets": {k: list(v) for k, v in LORA_TARGETS.items()},
+                                    "bench": {f: dataclasses.asdict(b) for f, b in _lora_sizes(quick).items()},
+                                    "memory": LORA_MEMORY_NOTE}
+        result["lora"] = bench_lora(quick, repeats=rep, attention=attention, peak=peak)
     if which in ("all", "data"):
         log("data")
         result["data"] = bench_data(quick)
@@ -582,7 +846,7 @@ def run(which: str, quick: bool = False, repeats: int | None = None, threads: in
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("which", choices=("all", "dit", "unet", "data", "peak"))
+    p.add_argument("which", choices=("all", "dit", "unet", "lora", "data", "peak"))
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--quick", action="store_true", help="tiny configs, 4 sampling steps (CI smoke test)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")

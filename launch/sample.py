@@ -9,6 +9,10 @@ then calls the system's sampling pipeline named by ``config.sample_pipeline`` ("
              reference_captions: list[str]])
         -> list[str]   # paths written (``references`` / ``reference_captions`` only when given)
 
+An exported sampler (``python -m launch.export --workdir DIR --out EXPORT``): ``--export EXPORT`` instead of
+``--workdir`` runs it through :mod:`tta_jax.serving` (no model source imported; fixed batch, length and steps
+as exported; ``--guidance`` / ``--rescale`` / ``--seed`` still apply).
+
 Reference-conditioned systems: ``--reference clip.wav`` (repeat; SERST, DreamAudio) and, for DreamAudio,
 ``--reference_caption "..."`` once per reference, in the same order; DreamAudio also samples with none.
 
@@ -33,6 +37,7 @@ from tta_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: DIR/config.json).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
+_EXPORT = flags.DEFINE_string("export", None, "An export folder from launch.export (instead of --workdir).")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Text prompt (repeat for several).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -60,9 +65,11 @@ def resolve(dotted: str, key: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not _WORKDIR.value or not _OUT.value or not _PROMPT.value:
-        raise app.UsageError("--workdir, --out and at least one --prompt are required")
+    if not (_WORKDIR.value or _EXPORT.value) or not _OUT.value or not _PROMPT.value:
+        raise app.UsageError("--workdir (or --export), --out and at least one --prompt are required")
     cli.check_output_dir(_OUT.value, "--out")
+    if _EXPORT.value:
+        return sample_export()
     config = load_config(_WORKDIR.value, _CONFIG.value)
     check_checkpoint(_WORKDIR.value, _STEP.value)
     from tta_jax.train.checkpoint import load_params
@@ -85,6 +92,23 @@ def main(argv):
                steps=_STEPS.value, guidance=_GUIDANCE.value, rescale=_RESCALE.value, workdir=_WORKDIR.value,
                **extra)
     for p in paths or []:
+        print(p)
+
+
+def sample_export():
+    """``--export``: the serialised sampler; a WAV and a PNG per prompt."""
+    ignored = [f for f, v in (("--workdir", _WORKDIR.value), ("--step", _STEP.value), ("--steps", _STEPS.value),
+                              ("--lora", _LORA.value), ("--reference", _REFERENCE.value)) if v]
+    if ignored:
+        raise app.UsageError(f"{ignored[0]} does not apply to --export (an export is fixed; re-export instead)")
+    from tta_jax.audio.io import write_samples
+    from tta_jax.serving import load_exported
+
+    sampler = load_exported(_EXPORT.value)
+    prompts = list(_PROMPT.value)
+    audio, lat = sampler(prompts, seed=_SEED.value, guidance=_GUIDANCE.value, rescale=_RESCALE.value)
+    os.makedirs(_OUT.value, exist_ok=True)
+    for p in write_samples(_OUT.value, prompts, audio, lat, sampler.sample_rate):
         print(p)
 
 

@@ -1,4 +1,4 @@
-"""launch/bench.py: helpers, the PyTorch EzAudio reference copy, and a --quick smoke run (JSON fields)."""
+"""launch/bench.py: helpers, the PyTorch EzAudio reference copy, a --quick smoke run (JSON fields), the lora suite."""
 import json
 import os
 import subprocess
@@ -102,3 +102,61 @@ def test_quick_dit_bench_writes_json(tmp_path):
     assert np.isfinite(rows[0]["jax_loss"]) and np.isfinite(rows[0]["torch_loss"])
     assert rows[1]["finite"] is True
     assert len(res["targets"]) == 3
+
+
+# tinier than QUICK_UNET; the end-to-end test runs the U-Net only (one tiny train-step compile per variant,
+# ~12 s each on a loaded 2-core machine; the tiny DiT's takes twice that), the DiT's targets are checked below
+TINY_LORA = {"unet": bench.UNetBench(block_out_channels=(8,), heads=(1,), layers_per_block=1, norm_num_groups=4,
+                                     channels=4, cross_dim=8, height=8, width=8, context_len=4, batch=2)}
+
+
+@pytest.mark.parametrize("family", ["dit", "unet"])
+def test_lora_targets_cover_self_and_cross_attention(family):
+    """LORA_TARGETS adapt q/k/v/out of self- and cross-attention of the bench models (eval_shape only)."""
+    import jax
+    import jax.numpy as jnp
+    from flax.core import meta
+
+    from tta_jax.train.lora import lora_targets
+
+    b = bench._lora_sizes(True)[family]
+    model, _, x0, cond, _ = bench._lora_base(family, b)
+    shapes = jax.eval_shape(lambda r: model.init(r, jnp.asarray(x0[:1]), jnp.zeros((1,), jnp.int32),
+                                                 jax.tree.map(lambda a: a[:1], cond)), jax.random.PRNGKey(0))
+    hit = lora_targets(meta.unbox(shapes["params"]), bench.LORA_TARGETS[family])
+    kinds = {"/".join(k.split("/")[-3:-1]) for k in hit}
+    attn = ("attn", "cross_attn") if family == "dit" else ("attn1", "attn2")
+    assert kinds == {f"{a}/to_{p}" for a in attn for p in ("q", "k", "v", "out")}
+
+
+def test_lora_suite_full_vs_lora(tmp_path, monkeypatch, capsys):
+    """`python -m launch.bench lora` (main) at a tiny size, repeats 1: each variant in its own subprocess; LoRA
+    trains fewer params with a smaller optimizer state; JSON fields present; the table prints."""
+    monkeypatch.setattr(bench, "_lora_sizes", lambda quick: TINY_LORA)
+    out = tmp_path / "lora.json"
+    bench.main(["lora", "--quick", "--repeats", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "train step LoRA r8" in printed and "XLA peak" in printed and "RSS peak" in printed
+    res = json.loads(out.read_text())
+    assert res["benchmark"] == "lora" and res["results"] == [] and res["targets"] == {}
+    cfg = res["config"]["lora"]
+    assert cfg["rank"] == 8 and set(cfg["memory"]) >= {"compiled_peak_bytes", "rss_peak_bytes"}
+    assert cfg["bench"]["unet"]["block_out_channels"] == [8]
+    full, lora = res["lora"]
+    assert (full["variant"], lora["variant"]) == ("full", "lora") and full["model"] == lora["model"]
+    for r in (full, lora):
+        assert r["jax_s"] > 0 and len(r["jax_times"]) == 1 and np.isfinite(r["jax_loss"])
+        assert r["isolated"] is True
+        for k in ("argument_bytes", "output_bytes", "temp_bytes", "alias_bytes", "compiled_peak_bytes",
+                  "rss_before_compile_bytes", "rss_peak_bytes", "opt_state_bytes", "flops"):
+            assert r[k] > 0, (r["task"], k)
+        assert r["compiled_peak_bytes"] == (r["argument_bytes"] + r["output_bytes"] + r["temp_bytes"]
+                                            - r["alias_bytes"])
+        assert r["rss_peak_bytes"] >= r["rss_before_compile_bytes"]
+    assert full["trained_params"] == full["total_params"] == full["base_params"] and full["trained_frac"] == 1
+    assert lora["base_params"] == full["base_params"]
+    assert lora["total_params"] == lora["base_params"] + lora["trained_params"]
+    assert 0 < lora["trained_params"] < full["trained_params"] and lora["trained_frac"] < 1
+    assert lora["opt_state_bytes"] < full["opt_state_bytes"]
+    # q/k/v/out x (self + cross) x 4 transformer blocks (down, mid, 2 up)
+    assert lora["adapted_kernels"] == 8 * 4 and lora["targets"] == list(bench.LORA_TARGETS["unet"])

@@ -151,6 +151,26 @@ def test_only_the_adapters_train(system):
         assert np.any(np.asarray(ab["b"])), path
 
 
+def test_frozen_base_gets_no_gradient_and_the_adapters_the_same(system):
+    """Default (train_base False): the base params are a constant for autodiff (their gradient is exactly 0, so
+    XLA drops that part of the backward pass); the adapters' gradient equals the one with the base trainable."""
+    family, den, lden, params, (x, t, cond), fns = system
+    params = _with_random_b(params)
+    both = L.with_lora(den, {"rank": RANK, "alpha": ALPHA, "targets": TARGETS[family], "train_base": True})
+    target = jax.random.normal(jax.random.PRNGKey(9), x.shape)
+
+    def grads(d):
+        return jax.jit(jax.grad(lambda q: jnp.mean((d.apply(q, x, t, cond) - target) ** 2)))(params)
+
+    frozen, trained = grads(lden), grads(both)
+    assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves(frozen["net"]))
+    assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(trained["net"]))
+    for a, b in zip(jax.tree.leaves(frozen["lora"]), jax.tree.leaves(trained["lora"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="config.lora.train_base"):
+        L.with_lora(den, {"rank": 4, "targets": [".*"], "train_base": "yes"})
+
+
 def test_init_from_base_run_with_prefix_net(system, tmp_path):
     """config.train.init_from a base run (its params) + init_prefix "net": the base lands in net, adapters stay."""
     family, den, lden, params, _, _ = system

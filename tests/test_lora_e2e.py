@@ -57,6 +57,7 @@ def test_lora_run_freezes_the_base_exports_the_adapter_and_merges(folder, tmp_pa
     c.lora = {"rank": 4, "alpha": 8.0, "targets": TARGETS}
     c.optimizer.trainable = ("lora/.*",)
     c.train.init_from, c.train.init_prefix = str(tmp_path / "base"), "net"
+    c.train.ema_decay = 0.9   # params and EMA get the base each, the adapters stay their own buffers (donated)
     validate_config(c)
     work = tmp_path / "lora"
     assert train(c, str(work)).step == 3
@@ -79,11 +80,12 @@ def test_lora_run_freezes_the_base_exports_the_adapter_and_merges(folder, tmp_pa
     assert adapters and all(k.endswith("/kernel") for k in adapters)
 
     prompts = ["a tone", "a low tone"]
-    lat_run, _, _ = generate_audio(c, trained, prompts, workdir=str(work), steps=3, seed=1)   # unmerged
-    merged = apply_lora_files(trained["net"], [str(out)])
+    ema, _ = load_params(str(work))     # what launch.export wrote (the EMA adapters)
+    lat_run, _, _ = generate_audio(c, ema, prompts, workdir=str(work), steps=3, seed=1)   # unmerged
+    merged = apply_lora_files(ema["net"], [str(out)])
     lat_merged, _, _ = generate_audio(base_cfg, merged, prompts, workdir=str(work), steps=3, seed=1)
     np.testing.assert_allclose(lat_merged, lat_run, atol=1e-5)
-    lat_base, _, _ = generate_audio(base_cfg, trained["net"], prompts, workdir=str(work), steps=3, seed=1)
+    lat_base, _, _ = generate_audio(base_cfg, ema["net"], prompts, workdir=str(work), steps=3, seed=1)
     assert np.abs(lat_base - lat_run).max() > 1e-5      # the adapter changes the samples
     half = apply_lora_files(trained["net"], [f"{out}:0.0"])     # scale 0: the base exactly
     np.testing.assert_array_equal(jax.tree.leaves(half)[0], jax.tree.leaves(trained["net"])[0])

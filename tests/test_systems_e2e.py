@@ -6,6 +6,7 @@ through per-encoder adapters) go through the same command lines:
     launch.train --config SYS:tiny --workdir W --config.data.precomputed_dir=DATA
     rm -rf DATA                                   (the workdir is self-contained)
     launch.sample --workdir W --prompt ...        (WAV + PNG per prompt)
+    launch.export --workdir W --out EXPORT; launch.sample --export EXPORT ...   (the same WAVs)
 
 and a workdir whose config does not match its params fails naming the first mismatching parameter.
 """
@@ -66,7 +67,7 @@ def raw(tmp_path_factory):
 FAST = ("--config.train.total_steps=3", "--config.train.batch_size=2", "--config.sampler.num_steps=3")
 
 
-@pytest.mark.slow  # ~3 min on 2 shared cores: 6 subprocesses (precompute, train, sample per system)
+@pytest.mark.slow  # ~4 min on 2 shared cores: 10 subprocesses (precompute, train, sample, export, sample)
 @pytest.mark.parametrize("name,system,layout", [("dit", DIT_SYSTEM, 2), ("unet", "configs/auffusion.py", 3)])
 def test_system_trains_and_samples_without_its_data(raw, tmp_path, name, system, layout):
     if system.endswith(".py"):
@@ -95,6 +96,17 @@ def test_system_trains_and_samples_without_its_data(raw, tmp_path, name, system,
     wav, sr = sf.read(str(out / "00_tone_number_1.wav"))
     assert sr == manifest["codec"]["sample_rate"] and wav.ndim == 1 and wav.size > 0 and np.isfinite(wav).all()
     assert (out / "01_tone.png").exists()
+    # the same run exported (jax.export, CPU) and sampled through tta_jax.serving: the same WAVs
+    export, out2 = tmp_path / "export", tmp_path / "samples_export"
+    p = _run("launch.export", "--workdir", work, "--out", export, "--batch", 2, "--platforms", "cpu")
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = _run("launch.sample", "--export", export, "--prompt", "tone number 1", "--prompt", "tone", "--out", out2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for f in ("00_tone_number_1.wav", "01_tone.wav"):
+        got, sr2 = sf.read(str(out2 / f))
+        want, _ = sf.read(str(out / f))
+        assert sr2 == sr and got.shape == want.shape, f
+        np.testing.assert_allclose(got, want, rtol=0, atol=2 / 32768, err_msg=f)
 
 
 def test_params_that_do_not_fit_the_config_name_the_parameter():

@@ -78,8 +78,8 @@ def test_fit_and_shape_errors():
         pca.decode(jnp.zeros((2, 4)))
 
 
-def _write_data(directory, n=12, frames=10, mels=4):
-    rs = np.random.RandomState(3)
+def _write_data(directory, n=12, frames=10, mels=4, seed=3):
+    rs = np.random.RandomState(seed)
     recs = [encode_record({"latent": rs.randn(frames, mels).astype(np.float32), "split": "train" if i < 9 else "test",
                            "key": f"c{i}"}) for i in range(n)]
     write_shard(os.path.join(directory, "shard-00000-of-00001.array_record"), recs)
@@ -183,3 +183,32 @@ def test_pipeline_trains_and_decodes_through_the_pca(tmp_path):
     c.data.token_pca, c.data.precomputed_dir = 3, str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="precomputed_dir"):
         tta.token_pca_of(c)
+
+
+def test_a_run_started_from_another_keeps_its_token_pca(tmp_path):
+    """Fine-tuning (LoRA, an adapter) on other data with ``train.init_from`` a base run: the token coordinates are
+    the base run's (its assets/token_pca.npz), not a PCA re-fitted on the new data; the new run saves that one."""
+    from configs.ezaudio_demo import get_config
+
+    base_data, new_data = str(tmp_path / "base_data"), str(tmp_path / "new_data")
+    os.makedirs(base_data)
+    os.makedirs(new_data)
+    _write_data(base_data, frames=12)
+    _write_data(new_data, frames=12, seed=7)
+    c = get_config()
+    c.data.patch_frames, c.data.token_pca, c.data.precomputed_dir = 2, 3, base_data
+    base_run = str(tmp_path / "base_run")
+    tta.save_assets(c, base_run)
+    base_pca = TP.load(os.path.join(base_run, tta.ASSETS, tta.TOKEN_PCA_ASSET))
+    c.data.precomputed_dir = new_data
+    refit = tta.token_pca_of(c)
+    assert not np.allclose(refit.basis, base_pca.basis)      # the new data alone gives other directions
+    c.train.init_from = base_run
+    assert tta.saved_token_pca(c) == os.path.join(base_run, tta.ASSETS, tta.TOKEN_PCA_ASSET)
+    np.testing.assert_array_equal(tta.token_pca_of(c).basis, base_pca.basis)
+    new_run = str(tmp_path / "new_run")
+    tta.save_assets(c, new_run)
+    np.testing.assert_array_equal(TP.load(os.path.join(new_run, tta.ASSETS, tta.TOKEN_PCA_ASSET)).basis,
+                                  base_pca.basis)
+    c.train.init_from = str(tmp_path / "params.safetensors")  # a params file, not a run: fitted on the data
+    assert tta.saved_token_pca(c) is None

@@ -22,6 +22,7 @@ import os
 from typing import Any, Iterable
 
 import ml_collections
+from ml_collections import config_dict
 
 from tta_jax.diffusion.guidance import GUIDANCE_MODES
 from tta_jax.diffusion.samplers import SAMPLERS
@@ -58,7 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.codec = ml_collections.ConfigDict()
     c.text = ml_collections.ConfigDict()
     c.conditioner = ml_collections.ConfigDict()
-    c.lora = ml_collections.ConfigDict()   # LoRA adapters (tta_jax.train.lora: rank, alpha, targets); empty = none
+    # LoRA adapters (tta_jax.train.lora): on when `targets` (regexes over kernel paths) is non-empty, e.g.
+    # --config.lora.targets='(".*/attn[12]/to_(q|k|v|out)",)'; alpha None = rank
+    c.lora = ml_collections.ConfigDict(dict(rank=8, alpha=config_dict.placeholder(float), targets=(),
+                                            train_base=False))
     c.extra = ml_collections.ConfigDict()
 
     c.diffusion = ml_collections.ConfigDict(dict(

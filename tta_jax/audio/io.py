@@ -1,4 +1,5 @@
-"""Audio I/O helpers (numpy, host side): decode, mono mix, resample, peak normalisation.
+"""Audio I/O helpers (numpy, host side): decode, mono mix, resample, peak normalisation; writing samples
+(WAV + spectrogram PNG per prompt).
 
 Decoding tries ``soundfile`` first (wav/flac/ogg/mp3 with recent libsndfile) and falls back to
 ``librosa.load`` (audioread/ffmpeg) for anything else. Every failure raises :class:`AudioError`
@@ -7,6 +8,7 @@ naming the file and what was wrong (missing, unreadable/corrupt, empty, non-fini
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import numpy as np
 
@@ -120,3 +122,41 @@ def save_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> 
     if audio.ndim == 2:
         audio = audio.T
     sf.write(os.fspath(path), np.clip(audio, -1.0, 1.0), int(sample_rate), subtype="PCM_16")
+
+
+# ------------------------------------------------------------------------------------------------ samples
+def save_spectrogram_png(path: str, spec: np.ndarray, title: str = "") -> None:
+    """Writes a [T, F] (log-)spectrogram or latent as a PNG, low frequencies at the bottom. An image latent
+    [H, T, C] shows its first channel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = np.asarray(spec)
+    img = spec[..., 0] if spec.ndim == 3 else spec.T
+    fig, ax = plt.subplots(figsize=(6, 2.4))
+    ax.imshow(img, origin="lower", aspect="auto", cmap="magma")
+    ax.set_title(title[:60], fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def file_stem(i: int, prompt: str) -> str:
+    return f"{i:02d}_" + "".join(ch if ch.isalnum() else "_" for ch in prompt)[:48]
+
+
+def write_samples(out_dir: str, prompts: Sequence[str], audio, latents, sample_rate: int) -> list[str]:
+    """A WAV (``audio`` [N, S] at ``sample_rate``) and a PNG of the latent (``latents`` [N, T, C] or
+    [N, H, T, C]) per prompt into ``out_dir`` -> the paths written."""
+    import soundfile as sf
+
+    paths = []
+    for i, (prompt, a, z) in enumerate(zip(prompts, np.asarray(audio), np.asarray(latents))):
+        stem = os.path.join(out_dir, file_stem(i, prompt))
+        sf.write(stem + ".wav", a, int(sample_rate))
+        save_spectrogram_png(stem + ".png", z, prompt)
+        paths += [stem + ".wav", stem + ".png"]
+    return paths

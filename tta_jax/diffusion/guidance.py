@@ -52,9 +52,16 @@ def combine(cond_out: jax.Array, uncond_out: jax.Array, scale: float, *, mode: s
         out = scale * cond_out + (1.0 - scale) * uncond_out
     else:
         out = uncond_out + s * (cond_out - uncond_out)
-    if rescale:
+    if _traced(rescale):   # an exported sampler's input: the branch below, taken at run time
+        out = jnp.where(rescale == 0, out, rescale_noise_cfg(out, cond_out, rescale))
+    elif rescale:
         out = rescale_noise_cfg(out, cond_out, rescale)
     return out
+
+
+def _traced(v) -> bool:
+    """True for a value known only at run time (a jit / export input): no Python branch may read it."""
+    return isinstance(v, jax.core.Tracer)
 
 
 def concat_conds(cond: Mapping[str, Any], uncond: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,7 +88,8 @@ def cfg_denoiser(model_fn: ModelFn, cond: Mapping[str, Any], uncond: Mapping[str
     called once on the conditional batch.
     """
     effective_scale(mode, scale)  # validates mode
-    if uncond is None or (mode != "auffusion" and scale == 1.0 and not rescale):
+    if uncond is None or (mode != "auffusion" and not _traced(scale) and not _traced(rescale)
+                          and scale == 1.0 and not rescale):
         return lambda x, t: model_fn(x, t, cond)
     both = concat_conds(cond, uncond)
 
@@ -90,6 +98,8 @@ def cfg_denoiser(model_fn: ModelFn, cond: Mapping[str, Any], uncond: Mapping[str
         out = model_fn(jnp.concatenate([x, x], 0), jnp.concatenate([t, t], 0), both)
         c, u = out[:b], out[b:]
         guided = combine(c, u, scale, mode=mode, rescale=rescale)
+        if mode != "auffusion" and (_traced(scale) or _traced(rescale)):   # the identity case above, at run time
+            guided = jnp.where((scale == 1.0) & (rescale == 0), c, guided)
         if interval is not None:
             lo, hi = interval
             inside = (t >= lo) & (t <= hi)

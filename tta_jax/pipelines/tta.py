@@ -29,6 +29,7 @@ import numpy as np
 from tta_jax import diffusion as D
 from tta_jax import sections
 from tta_jax.denoisers.factory import IMAGE, Denoiser, build_denoiser, dit_config, with_text_adapters
+from tta_jax.audio.io import file_stem, save_spectrogram_png, write_samples  # noqa: F401 (re-exported)
 from tta_jax.errors import ConfigError
 from tta_jax.nn.attention import AttentionControl, captured_maps
 
@@ -103,10 +104,10 @@ def denoiser_of(config) -> Denoiser:
     (:func:`tta_jax.train.lora.with_lora`: low-rank adapters, params ``{"net", "lora"}``) wraps it all."""
     from tta_jax.conditioners.registry import wrap_denoiser
 
-    lora = dict(config.get("lora") or {})
-    if lora:
-        from tta_jax.train.lora import with_lora
+    from tta_jax.train.lora import lora_enabled, with_lora
 
+    lora = dict(config.get("lora") or {})
+    if lora_enabled(lora):
         base = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") else dict(config)
         base["lora"] = {}
         return with_lora(denoiser_of(base), lora)
@@ -240,26 +241,39 @@ ASSETS = "assets"              # workdir/assets/: what sampling needs besides co
 TOKEN_PCA_ASSET = "token_pca.npz"
 
 
+def saved_token_pca(config, workdir: str | None = None) -> str | None:
+    """The token PCA file a run samples with: ``workdir/assets/token_pca.npz`` when the run saved one, else that
+    of the run it was started from (``config.train.init_from``, a workdir: fine-tuning, e.g. LoRA, on other data
+    keeps the base model's token coordinates); None when neither exists."""
+    init_from = (config.get("train") or {}).get("init_from")
+    for run in (workdir, init_from):
+        path = os.path.join(run, ASSETS, TOKEN_PCA_ASSET) if run and os.path.isdir(str(run)) else None
+        if path and os.path.exists(path):
+            return path
+    return None
+
+
 def token_pca_of(config, workdir: str | None = None):
     """The fitted token PCA when ``config.data.token_pca = k > 0``, its directions fainter than
     ``config.data.token_pca_whiten_below`` scaled to unit variance (:meth:`TokenPCA.whitened`); else None.
 
-    Read from ``workdir/assets/token_pca.npz`` when a run saved it there (sampling needs no training data),
-    else fitted from (and cached in) ``data.precomputed_dir``'s training split."""
+    Read from the run's saved asset (:func:`saved_token_pca`: ``workdir``'s, else ``config.train.init_from``'s;
+    sampling needs no training data), else fitted from (and cached in) ``data.precomputed_dir``'s training
+    split."""
     k = int(config.data.get("token_pca", 0) or 0)
     if k <= 0:
         return None
     from tta_jax.codecs import token_pca
 
-    saved = os.path.join(workdir, ASSETS, TOKEN_PCA_ASSET) if workdir else None
-    if saved and os.path.exists(saved):
+    saved = saved_token_pca(config, workdir)
+    if saved:
         pca = token_pca.load(saved)
         if pca.k != k:
             raise ConfigError(f"{saved} holds a {pca.k}-direction token PCA but config.data.token_pca={k}")
     else:
         data_dir = config.data.precomputed_dir
         if not data_dir or not os.path.isdir(data_dir):
-            where = f"{saved} does not exist and " if saved else ""
+            where = f"{os.path.join(workdir, ASSETS, TOKEN_PCA_ASSET)} does not exist and " if workdir else ""
             raise FileNotFoundError(f"config.data.token_pca={k}: {where}the precomputed data it is fitted on is "
                                     f"missing (config.data.precomputed_dir={data_dir!r} is not a directory)")
         _check_data_dir(config, data_dir)  # fitting on another codec's latents fails with a puzzling shape error
@@ -273,7 +287,8 @@ LATENT_ASSET = "latent.json"
 def save_assets(config, workdir: str, latent_shape: Sequence[int] | None = None) -> list[str]:
     """Writes what sampling needs besides the params into ``workdir/assets/``, so ``launch.sample --workdir``
     works with the training data deleted: ``latent.json`` (one training example's codec latent shape, [T, C]
-    or [H, T, C]: the default sample length) and the unwhitened token PCA when the config uses one. -> paths."""
+    or [H, T, C]: the default sample length) and the unwhitened token PCA when the config uses one (that of
+    ``config.train.init_from`` when the run starts from one, see :func:`saved_token_pca`). -> paths."""
     d = os.path.join(workdir, ASSETS)
     os.makedirs(d, exist_ok=True)
     paths = []
@@ -289,8 +304,12 @@ def save_assets(config, workdir: str, latent_shape: Sequence[int] | None = None)
 
     path = os.path.join(d, TOKEN_PCA_ASSET)
     if not os.path.exists(path):
-        _check_data_dir(config, config.data.precomputed_dir)
-        pca = token_pca.load_or_fit(config.data.precomputed_dir, int(config.data.patch_frames), k)
+        base = saved_token_pca(config)    # a run started from another keeps that run's token PCA
+        if base:
+            pca = token_pca.load(base)
+        else:
+            _check_data_dir(config, config.data.precomputed_dir)
+            pca = token_pca.load_or_fit(config.data.precomputed_dir, int(config.data.patch_frames), k)
         token_pca.save(pca, path)
     return paths + [path]
 
@@ -479,7 +498,8 @@ class Generator:
         self._jitted = jax.jit(self._generate, static_argnames=("shape", "opts"))
 
     def _generate(self, params, cond, uncond, key, shape: tuple, masked_latent=None, mask=None, source=None,
-                  token_weights=None, swap_cut=None, opts: EditOptions = EditOptions()):
+                  token_weights=None, swap_cut=None, opts: EditOptions = EditOptions(), guidance=None,
+                  rescale=None):
         b = jax.tree_util.tree_leaves(cond)[0].shape[0]
         n = b // 2 if opts.pairs else b
         shape = tuple(shape)
@@ -515,8 +535,9 @@ class Generator:
             return self.denoiser.apply(params, x, t, cd if ctl is None else dict(cd, attn_control=ctl), train=False)
 
         model_fn = preconditioned(net, self.schedule, self.data_var)
-        denoise = D.cfg_denoiser(model_fn, cond, uncond, scale=self.guidance_scale,
-                                 rescale=self.guidance_rescale, mode=self.guidance_mode)
+        denoise = D.cfg_denoiser(model_fn, cond, uncond, mode=self.guidance_mode,
+                                 scale=self.guidance_scale if guidance is None else guidance,
+                                 rescale=self.guidance_rescale if rescale is None else rescale)
         out = D.sample(denoise, x_T, self.schedule, self.sampler, k_loop, noises=noises, post_step=post,
                        start_step=opts.start_step, return_trajectory=opts.capture)
         x0, traj = out if opts.capture else (out, None)
@@ -586,8 +607,11 @@ class Generator:
         cond, uncond = self._prepare(cond, uncond)
         if mask is not None:
             mask, masked_latent = jnp.asarray(mask, jnp.float32), jnp.asarray(masked_latent, jnp.float32)
+        # guidance and rescale enter as run-time values (as in an exported sampler): changing them does not
+        # recompile, and the exported sampler runs this very graph (tta_jax.pipelines.export)
         return self._jitted(params, cond, uncond, key, shape=tuple(int(s) for s in shape),
-                            masked_latent=masked_latent, mask=mask)
+                            masked_latent=masked_latent, mask=mask, guidance=jnp.float32(self.guidance_scale),
+                            rescale=jnp.float32(self.guidance_rescale))
 
     def edit(self, params, cond: Mapping[str, Any], uncond: Mapping[str, Any], key, shape: Sequence[int], *,
              source=None, strength: float | None = None, mask=None, masked_latent=None, repaint: bool | None = None,
@@ -792,17 +816,50 @@ def check_param_shapes(params, want, where: str, what: str = "the model config.m
                               f"does not match these params")
 
 
-def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, steps: int | None = None,
-                   guidance: float | None = None, rescale: float | None = None, num_frames: int | None = None,
-                   workdir: str | None = None, references: Sequence[Any] | None = None,
-                   reference_captions: Sequence[str] | None = None):
-    """All prompts in one batched, jitted sampling call -> (latents [N, T, C] or [N, H, T, C], audio [N, S],
-    codec). ``workdir``: the training run, whose ``assets/`` hold the token PCA (no training data needed).
-    ``references``: audio files (or arrays) for a system conditioned on reference audio (SERST, DreamAudio),
-    the same ones for every prompt or one list per prompt; ``reference_captions`` one per reference (DreamAudio).
-    CFG's unconditioned branch drops them with the prompt."""
-    from flax.core import meta
+@dataclasses.dataclass
+class Sampling:
+    """Everything a run samples with, built once from its config (:func:`sampling_of`): the denoiser, codec,
+    text encoder, token PCA (or None), the generator, the number of latent ``frames`` and the denoiser's
+    input ``shape`` for them, and CFG's ``negative`` form ("empty" or "zeros")."""
 
+    config: Any
+    denoiser: Denoiser
+    codec: Any
+    text: Any
+    pca: Any
+    generator: Generator
+    frames: int
+    shape: tuple
+    negative: str
+
+    def to_audio(self, lat):
+        """Latents in the denoiser's space [N, *shape] -> (codec latents [N, T, C] / [N, H, T, C],
+        audio [N, S]); traceable."""
+        if self.denoiser.layout != IMAGE:
+            if self.pca is not None:
+                lat = self.pca.decode(lat)
+            lat = unpatchify(lat, int(self.config.data.patch_frames))
+        return lat, self.codec.decode(lat)
+
+
+def frames_for_seconds(config, seconds: float) -> int:
+    """A clip length in seconds -> codec latent frames: rounded up to the codec's frame and to a multiple of
+    the config's token patch (``config.data.patch_frames``)."""
+    from tta_jax.codecs.registry import build_codec
+
+    if not seconds or seconds <= 0:
+        raise ConfigError(f"seconds must be > 0, got {seconds}")
+    codec = build_codec(config.codec)
+    frames = max(1, int(np.ceil(seconds * codec.sample_rate / codec.hop_length - 1e-6)))
+    patch = int(config.data.get("patch_frames", 1) or 1)
+    return -(-frames // patch) * patch
+
+
+def sampling_of(config, *, workdir: str | None = None, num_frames: int | None = None, steps: int | None = None,
+                guidance: float | None = None, rescale: float | None = None) -> Sampling:
+    """A run's :class:`Sampling`. ``workdir``: the training run, whose ``assets/`` hold the token PCA and the
+    trained length (no training data needed); ``num_frames`` (default: the config's crop or the trained
+    length), ``steps``, ``guidance``, ``rescale`` override the config."""
     from tta_jax.codecs.registry import build_codec
     from tta_jax.text.registry import build_text_encoder
 
@@ -820,17 +877,39 @@ def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, ste
         raise ConfigError("config.sampler.negative='zeros' zeroes the context after the text adapters; this "
                           "model has none (set config.model.text_adapters=True or config.text.name='multi')")
     text = build_text_encoder(config.text)
-    cond, uncond = text_conds(text.encode, prompts, negative) if text is not None else ({}, {})
-    if not cond:  # an unconditional model: the batch size comes from the number of prompts alone
+    if text is None:  # an unconditional model: the batch size comes from the number of prompts alone
         raise ConfigError("config.text.name is 'none': this system has no prompt to sample from")
+    gen = generator_from_config(den, config, workdir, **({"num_steps": int(steps)} if steps else {}))
+    if guidance is not None:
+        gen.guidance_scale = float(guidance)
+    if rescale is not None:
+        gen.guidance_rescale = float(rescale)
+    return Sampling(config, den, codec, text, pca, gen, frames, tuple(shape), negative)
+
+
+def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, steps: int | None = None,
+                   guidance: float | None = None, rescale: float | None = None, num_frames: int | None = None,
+                   workdir: str | None = None, references: Sequence[Any] | None = None,
+                   reference_captions: Sequence[str] | None = None):
+    """All prompts in one batched, jitted sampling call -> (latents [N, T, C] or [N, H, T, C], audio [N, S],
+    codec). ``workdir``: the training run, whose ``assets/`` hold the token PCA (no training data needed).
+    ``references``: audio files (or arrays) for a system conditioned on reference audio (SERST, DreamAudio),
+    the same ones for every prompt or one list per prompt; ``reference_captions`` one per reference (DreamAudio).
+    CFG's unconditioned branch drops them with the prompt."""
+    from flax.core import meta
+
     from tta_jax.conditioners.registry import prompt_cond, reference_cond, reference_spec_of
 
+    sm = sampling_of(config, workdir=workdir, num_frames=num_frames, steps=steps, guidance=guidance,
+                     rescale=rescale)
+    codec, text = sm.codec, sm.text
+    cond, uncond = text_conds(text.encode, prompts, sm.negative)
     spec = reference_spec_of(config.get("conditioner"))
     if spec is not None and spec["target"]:   # computed from the prompts (DC-LDM's LM), not from references
         if references or reference_captions:
             raise ConfigError("this system computes its extra condition from the prompt (config.conditioner); "
                               "drop the references")
-        rc, ru = prompt_cond(config.conditioner, prompts, frames * codec.hop_length / codec.sample_rate,
+        rc, ru = prompt_cond(config.conditioner, prompts, sm.frames * codec.hop_length / codec.sample_rate,
                              codec=codec, text=text, seed=seed)
     elif spec is not None:
         rc, ru = reference_cond(config.conditioner, references, len(prompts), codec=codec, text=text,
@@ -842,42 +921,10 @@ def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, ste
         raise ConfigError("references given, but this system reads no reference audio (config.conditioner)")
     params = meta.unbox(params)
     context_len = int(cond["text"].shape[1]) if "text" in cond else 1
-    check_params(den, params, shape, context_len, workdir or "params", cond)
-    gen = generator_from_config(den, config, workdir, **({"num_steps": int(steps)} if steps else {}))
-    if guidance is not None:
-        gen.guidance_scale = float(guidance)
-    if rescale is not None:
-        gen.guidance_rescale = float(rescale)
-    lat = gen.generate(params, cond, uncond, jax.random.PRNGKey(seed), shape)
-    if den.layout != IMAGE:
-        if pca is not None:
-            lat = pca.decode(lat)
-        lat = unpatchify(lat, int(config.data.patch_frames))
-    audio = codec.decode(lat)
+    check_params(sm.denoiser, params, sm.shape, context_len, workdir or "params", cond)
+    lat = sm.generator.generate(params, cond, uncond, jax.random.PRNGKey(seed), sm.shape)
+    lat, audio = sm.to_audio(lat)
     return np.asarray(lat), np.asarray(audio), codec
-
-
-def save_spectrogram_png(path: str, spec: np.ndarray, title: str = "") -> None:
-    """Writes a [T, F] (log-)spectrogram or latent as a PNG, low frequencies at the bottom. An image latent
-    [H, T, C] shows its first channel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    spec = np.asarray(spec)
-    img = spec[..., 0] if spec.ndim == 3 else spec.T
-    fig, ax = plt.subplots(figsize=(6, 2.4))
-    ax.imshow(img, origin="lower", aspect="auto", cmap="magma")
-    ax.set_title(title[:60], fontsize=8)
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def file_stem(i: int, prompt: str) -> str:
-    return f"{i:02d}_" + "".join(ch if ch.isalnum() else "_" for ch in prompt)[:48]
 
 
 def sample_pipeline(config, params, prompts, out_dir, *, seed=0, steps=None, guidance=None, rescale=None,
@@ -885,15 +932,7 @@ def sample_pipeline(config, params, prompts, out_dir, *, seed=0, steps=None, gui
     """``config.sample_pipeline`` entry for launch/sample.py: a WAV and a spectrogram PNG per prompt
     (``references`` / ``reference_captions``: reference audio files and their captions for a
     reference-conditioned system)."""
-    import soundfile as sf
-
     lat, audio, codec = generate_audio(config, params, prompts, seed=seed, steps=steps, guidance=guidance,
                                        rescale=rescale, workdir=workdir, references=references,
                                        reference_captions=reference_captions)
-    paths = []
-    for i, (prompt, a, z) in enumerate(zip(prompts, audio, lat)):
-        stem = os.path.join(out_dir, file_stem(i, prompt))
-        sf.write(stem + ".wav", a, codec.sample_rate)
-        save_spectrogram_png(stem + ".png", z, prompt)
-        paths += [stem + ".wav", stem + ".png"]
-    return paths
+    return write_samples(out_dir, prompts, audio, lat, codec.sample_rate)

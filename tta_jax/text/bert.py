@@ -155,8 +155,11 @@ class BertTextEncoder:
 
     def __call__(self, texts: Sequence[str]):
         tok = self.tokenizer(texts)
-        states = self._fn(self.params, tok["input_ids"], tok["attention_mask"])
-        return states, jnp.asarray(tok["attention_mask"] > 0)
+        return self.forward(tok["input_ids"], tok["attention_mask"])
+
+    def forward(self, ids, mask):
+        """Token ids and attention mask [B, L] -> (states [B, L, D], mask [B, L] bool); traceable."""
+        return self._fn(self.params, ids, mask), jnp.asarray(mask) > 0
 
     def pooled(self, texts: Sequence[str]) -> jax.Array:
         states, mask = self(texts)

@@ -189,7 +189,11 @@ class TowerTextEncoder:
 
     def __call__(self, texts):
         tok = self.tokenizer(list(texts))
-        ids, mask = jnp.asarray(tok["input_ids"]), jnp.asarray(tok["attention_mask"])
+        return self.forward(jnp.asarray(tok["input_ids"]), jnp.asarray(tok["attention_mask"]))
+
+    def forward(self, ids, mask):
+        """Token ids and attention mask [B, L] -> (states [B, L, D], mask [B, L] bool); traceable (the params
+        are constants of the trace)."""
         states = self._fn(self.params, ids, mask)
         if states is None:
             raise ValueError(f"{type(self.module).__name__} has no {self.output!r} output")

@@ -59,16 +59,38 @@ class TextEncoder:
     dims: dict[str, int]
     info: dict
     ident: str = ""
+    towers: tuple = ()   # ((states key, mask key, Tower), ...) behind ``encode``; empty for token encoders
+
+
+def tokenize(text: TextEncoder, texts: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Host side of :func:`text_features`: {states key: {"input_ids", "attention_mask"} [B, L] int32}."""
+    return {key: {k: np.asarray(v, np.int32) for k, v in tower.tokenizer(list(texts)).items()}
+            for key, _, tower in text.towers}
+
+
+def text_features(text: TextEncoder, tokens: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Traceable side: :func:`tokenize`'s ids -> the features ``text.encode`` gives for the same texts
+    ({"text": [B, L, D], "text_mask": [B, L]} or per-encoder keys for ``multi``). Refuses a token encoder."""
+    if not text.towers:
+        raise ConfigError(f"text encoder {text.name!r} gives token ids, not features: nothing to trace")
+    out = {}
+    for key, mask_key, tower in text.towers:
+        out[key], out[mask_key] = tower.forward(tokens[key]["input_ids"], tokens[key]["attention_mask"])
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
 class Tower:
     """A feature encoder before it becomes a :class:`TextEncoder`: ``call(texts) -> (states [B, L, dim],
-    mask [B, L])`` with L = ``max_len``."""
+    mask [B, L])`` with L = ``max_len``, split into its host part ``tokenizer(texts) -> {"input_ids",
+    "attention_mask"}`` [B, L] (model-free: :func:`tta_jax.text.tokenizer.save_tokenizer` can write it) and its
+    traceable part ``forward(ids, mask) -> (states, mask bool)`` (what an exported sampler compiles in)."""
 
     call: PairEncoder
     dim: int
     max_len: int
+    tokenizer: Callable[[Sequence[str]], dict] | None = None
+    forward: Callable[[Any, Any], tuple[Any, Any]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +132,8 @@ def single(name: str, tower: Tower, info: dict, ident: str = "") -> TextEncoder:
         states, mask = tower.call(list(texts))
         return {"text": np.asarray(states, np.float32), "text_mask": np.asarray(mask).astype(bool)}
 
-    return TextEncoder(name, encode, {"text": tower.dim}, info, ident or _ident(info))
+    return TextEncoder(name, encode, {"text": tower.dim}, info, ident or _ident(info),
+                       (("text", "text_mask", tower),))
 
 
 # ------------------------------------------------------------------------------------------------ no weights
@@ -123,7 +146,7 @@ def _build_bytes(s: dict, where: str) -> TextEncoder:
 
 
 def _tower_bytes_embed(s: dict, where: str) -> Tower:
-    from tta_jax.text.bytes import byte_embeddings, byte_table
+    from tta_jax.text.bytes import BYTES_BOS, byte_embeddings, byte_table, byte_tokens
 
     table = byte_table(int(s["dim"]), int(s["seed"]))
     n = int(s["max_len"])
@@ -132,7 +155,13 @@ def _tower_bytes_embed(s: dict, where: str) -> Tower:
         out = byte_embeddings(texts, int(s["dim"]), n, table=table)
         return out["text"], out["text_mask"]
 
-    return Tower(call, int(s["dim"]), n)
+    def forward(ids, mask):   # byte_embeddings on token ids
+        import jax.numpy as jnp
+
+        m = jnp.asarray(mask) > 0
+        return jnp.asarray(table)[ids] * m[..., None], m
+
+    return Tower(call, int(s["dim"]), n, functools.partial(byte_tokens, max_len=n, bos=BYTES_BOS), forward)
 
 
 # ------------------------------------------------------------------------------------------------ MiniLM
@@ -144,7 +173,7 @@ def _tower_minilm(s: dict, where: str) -> Tower:
     from tta_jax.convert.bert import minilm_text_encoder
 
     enc = minilm_text_encoder(int(s["max_len"]))
-    return Tower(enc, enc.dim, int(s["max_len"]))
+    return Tower(enc, enc.dim, int(s["max_len"]), enc.tokenizer, enc.forward)
 
 
 def _build_minilm_tokens(s: dict, where: str) -> TextEncoder:
@@ -241,7 +270,7 @@ def _tower_transformer(s: dict, where: str) -> Tower:
     if not width:
         raise ConfigError(f"{where}.output={output!r}: this {s['name']} encoder has no projection head")
     enc = TowerTextEncoder(module, jax.tree.map(jnp.asarray, params), tok, output=output)
-    return Tower(enc, int(width), 1 if output != "last_hidden_state" else n)
+    return Tower(enc, int(width), 1 if output != "last_hidden_state" else n, tok, enc.forward)
 
 
 # ------------------------------------------------------------------------------------------------ multi
@@ -270,7 +299,8 @@ def _build_multi(s: dict, where: str) -> TextEncoder:
         return out
 
     info = {"name": "multi", "encoders": infos}
-    return TextEncoder("multi", encode, {f"text:{i}": t.dim for i, t in enumerate(towers)}, info, _ident(info))
+    return TextEncoder("multi", encode, {f"text:{i}": t.dim for i, t in enumerate(towers)}, info, _ident(info),
+                       tuple((f"text:{i}", f"text_mask:{i}", t) for i, t in enumerate(towers)))
 
 
 # ------------------------------------------------------------------------------------------------ registry

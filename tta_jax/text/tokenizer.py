@@ -58,3 +58,36 @@ class TextTokenizer:
 
     def decode(self, ids) -> str:
         return self.tok.decode(list(np.asarray(ids)), skip_special_tokens=True)
+
+
+# ------------------------------------------------------------------------------------------------ save / load
+def save_tokenizer(tok, directory: str) -> dict:
+    """Writes what rebuilds ``tok`` without any model code into ``directory`` and returns its spec (JSON):
+    a :class:`TextTokenizer` -> its files (``save_pretrained``) + ``{"kind": "hf", "max_len", "padding"}``;
+    ``functools.partial(byte_tokens, ...)`` -> ``{"kind": "bytes", **its keyword arguments}`` (no files).
+    :func:`load_tokenizer` inverts it."""
+    import functools
+
+    from tta_jax.text.bytes import byte_tokens
+
+    if isinstance(tok, TextTokenizer):
+        os.makedirs(directory, exist_ok=True)
+        tok.tok.save_pretrained(directory)
+        return {"kind": "hf", "max_len": tok.max_length, "padding": tok.padding}
+    if isinstance(tok, functools.partial) and tok.func is byte_tokens and not tok.args:
+        return {"kind": "bytes", **{k: (int(v) if v is not None else None) for k, v in tok.keywords.items()}}
+    raise TypeError(f"cannot save tokenizer {tok!r}: expected a TextTokenizer or a partial of byte_tokens")
+
+
+def load_tokenizer(spec: dict, directory: str):
+    """:func:`save_tokenizer`'s spec (and folder) -> ``texts -> {"input_ids", "attention_mask"}`` [B, L]."""
+    import functools
+
+    from tta_jax.text.bytes import byte_tokens
+
+    kind = spec.get("kind")
+    if kind == "hf":
+        return TextTokenizer(directory, max_length=int(spec["max_len"]), padding=spec.get("padding", "max_length"))
+    if kind == "bytes":
+        return functools.partial(byte_tokens, **{k: v for k, v in spec.items() if k != "kind"})
+    raise ValueError(f"{directory}: unknown tokenizer kind {kind!r} (expected 'hf' or 'bytes')")

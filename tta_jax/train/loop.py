@@ -211,6 +211,20 @@ def batch_sharding(mesh) -> NamedSharding:
     return NamedSharding(mesh, P(("data", "fsdp")))
 
 
+def process_batch_rows(mesh, global_batch: int) -> slice:
+    """The rows of a [global_batch, ...] batch that this process feeds to :func:`to_global` (the
+    block its devices hold under :func:`batch_sharding`); ``slice(0, global_batch)`` with one process.
+    A task that can draw the global batch on every process keeps these rows, so its data do not
+    depend on the number of processes."""
+    idx = batch_sharding(mesh).addressable_devices_indices_map((global_batch,)).values()
+    spans = sorted({sl[0].indices(global_batch)[:2] for sl in idx})
+    rows = slice(spans[0][0], spans[-1][1])
+    if sum(b - a for a, b in spans) != rows.stop - rows.start:
+        raise ValueError(f"process {jax.process_index()}: its devices hold batch rows {spans} of "
+                         f"{global_batch}, not one contiguous block; order config.mesh devices by process")
+    return rows
+
+
 def to_global(batch, mesh):
     """Host-local numpy batch (nested dicts) -> global jax arrays sharded over (data, fsdp) on the
     leading dim. String/object entries (captions, keys) are dropped: nothing in the step reads them."""
@@ -382,14 +396,21 @@ def start_from_pretrained(state, source: str, prefix: str = ""):
     the sharding of the leaf it replaces."""
     from tta_jax.train.partial import merge_pretrained, read_params
 
-    merged, n = merge_pretrained(state.params, read_params(source), prefix)
+    source_params = read_params(source)
 
     def put(old, new):
         return jax.device_put(jnp.asarray(new, old.dtype), old.sharding)
 
-    repl = {"params": jax.tree.map(put, state.params, merged)}
+    def place(tree):
+        # merged into ``tree`` itself, so the leaves the source lacks (fresh adapters) keep this tree's own
+        # buffers: params and EMA sharing one buffer would be donated twice by the train step
+        merged, n = merge_pretrained(tree, source_params, prefix)
+        return jax.tree.map(put, tree, merged), n
+
+    repl = {}
+    repl["params"], n = place(state.params)
     if getattr(state, "ema_params", None) is not None:
-        repl["ema_params"] = jax.tree.map(put, state.ema_params, merged)
+        repl["ema_params"], _ = place(state.ema_params)
     log.info("initialised %d parameters from %s (at %r)", n, source, prefix or "/")
     return state.replace(**repl)
 

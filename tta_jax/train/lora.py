@@ -25,7 +25,10 @@ Training (``with_lora``): :class:`LoRADenoiser` holds the denoiser as ``net`` an
 the base network's code is untouched and any Dense/Conv kernel can be adapted. Hence:
 
 - ``config.optimizer.trainable = ("lora/.*",)``: only the adapters train; every ``net/...`` leaf stays
-  bit-identical (:func:`tta_jax.train.optim.freeze`).
+  bit-identical (:func:`tta_jax.train.optim.freeze`). The base params enter the merge through
+  ``jax.lax.stop_gradient`` (``config.lora.train_base = False``, the default), so the backward pass computes no
+  gradient for the frozen kernels at all (measured in ``launch/bench.py --suite lora``); set it True to train
+  base and adapters together.
 - ``config.train.init_from = <base run>`` with ``config.train.init_prefix = "net"`` loads the pretrained model
   (the adapters keep their initialisation, ``B = 0``: step 0 is the base model exactly).
 - The trained adapters: ``export_subset(params, ("lora/.*",), path)`` or :func:`save_lora` of
@@ -52,7 +55,7 @@ from tta_jax.train.optim import _compile, path_str
 
 log = logging.getLogger(__name__)
 
-SECTION_KEYS = ("rank", "alpha", "targets")
+SECTION_KEYS = ("rank", "alpha", "targets", "train_base")
 FORMAT = "tta_jax.lora"
 
 
@@ -452,13 +455,15 @@ class LoRADenoiser(nn.Module):
 
     Params: ``{"net": <net's params>, "lora": {<kernel path>: {"a": [in', rank], "b": [rank, out]}} (nested)}``.
     ``__call__(x, t, cond, train)`` -> ``net``'s output with ``W + scale * alpha / rank * A @ B`` for every
-    adapted ``W`` (merged at every call; the base kernels are read, never changed)."""
+    adapted ``W`` (merged at every call; the base kernels are read, never changed). ``train_base=False``: the
+    base params are a constant for autodiff (their gradient is 0 and is not computed)."""
 
     net: nn.Module
     targets: tuple[str, ...]
     rank: int
     alpha: float | None = None
     scale: float = 1.0
+    train_base: bool = False
 
     @nn.compact
     def __call__(self, x, t, cond, train: bool = False):
@@ -471,10 +476,18 @@ class LoRADenoiser(nn.Module):
         alphas = [None if self.alpha is None else float(self.alpha)]
 
         def merged(variables):
-            return dict(variables, params=merge_lora(variables["params"], lora, [self.scale], alphas))
+            base = variables["params"] if self.train_base else jax.lax.stop_gradient(variables["params"])
+            return dict(variables, params=merge_lora(base, lora, [self.scale], alphas))
 
         call = nn.map_variables(lambda m, *a, **k: m(*a, **k), "params", trans_in_fn=merged, mutable=False)
         return call(self.net, x, t, cond, train=train)
+
+
+def lora_enabled(section) -> bool:
+    """Whether ``config.lora`` asks for adapters: its ``targets`` is non-empty (the default section, rank 8 and no
+    targets, and the ``{}`` of older configs are off)."""
+    d = section.to_dict() if hasattr(section, "to_dict") else dict(section or {})
+    return bool(d.get("targets"))
 
 
 def lora_section(section) -> dict:
@@ -492,18 +505,23 @@ def lora_section(section) -> dict:
         raise ConfigError(f"config.lora.targets={targets!r}: expected a non-empty list of regexes over kernel "
                           f"paths (e.g. ['.*/attn[12]/to_(q|k|v|out)'])")
     alpha = d.get("alpha")
+    train_base = d.get("train_base", False)
+    if not isinstance(train_base, bool):
+        raise ConfigError(f"config.lora.train_base={train_base!r}: expected True or False")
     return {"rank": int(rank), "alpha": None if alpha is None else float(alpha),
-            "targets": tuple(str(t) for t in targets)}
+            "targets": tuple(str(t) for t in targets), "train_base": train_base}
 
 
 def with_lora(den, section):
     """A :class:`tta_jax.denoisers.factory.Denoiser` -> the same denoiser with trainable LoRA adapters
     (:class:`LoRADenoiser`; ``section`` = ``config.lora``: ``rank`` (default 8), ``alpha`` (default rank),
-    ``targets`` (regexes over the base params' kernel paths, with or without ``/kernel``)). Params become
+    ``targets`` (regexes over the base params' kernel paths, with or without ``/kernel``), ``train_base`` (default
+False: no gradient flows into the base params)). Params become
     ``{"net": base, "lora": adapters}``: train with ``config.optimizer.trainable = ("lora/.*",)``, load a base
     run with ``config.train.init_prefix = "net"``."""
     s = lora_section(section)
-    module = LoRADenoiser(den.module.clone(parent=None), s["targets"], s["rank"], s["alpha"])
+    module = LoRADenoiser(den.module.clone(parent=None), s["targets"], s["rank"], s["alpha"],
+                          train_base=s["train_base"])
     return dataclasses.replace(den, module=module)
 
 
