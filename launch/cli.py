@@ -1,4 +1,6 @@
-"""Shared entry point of the ``launch/*`` command-line tools: user errors as one line, bugs as tracebacks.
+"""Shared entry point of the ``launch/*`` command-line tools: user errors as one line, bugs as tracebacks, and
+JAX's persistent compilation cache on (``$TTA_JAX_COMPILE_CACHE``, default ``~/.cache/tta_jax/jax_compile``;
+``TTA_JAX_COMPILE_CACHE=off`` disables it).
 
     from launch import cli
 
@@ -22,11 +24,12 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import logging
 import os
 import re
 import sys
 import traceback
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import app, flags
 
@@ -41,9 +44,46 @@ _VERBOSE_ARG = re.compile(r"^--?verbose(=(true|1))?$", re.IGNORECASE)
 _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError)
 
 
+COMPILE_CACHE_ENV = "TTA_JAX_COMPILE_CACHE"
+COMPILE_CACHE_MAX_BYTES = 4 << 30
+
+
+def compile_cache_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """Where the launch commands keep JAX's persistent compilation cache: ``$TTA_JAX_COMPILE_CACHE`` (a
+    directory; ``off``, ``0`` or empty: none), by default ``$XDG_CACHE_HOME/tta_jax/jax_compile``
+    (``~/.cache/...``)."""
+    env = os.environ if environ is None else environ
+    if COMPILE_CACHE_ENV in env:
+        v = env[COMPILE_CACHE_ENV].strip()
+        return None if v.lower() in ("", "0", "off", "false", "none") else os.path.abspath(os.path.expanduser(v))
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tta_jax", "jax_compile")
+
+
+def enable_compile_cache(environ: Mapping[str, str] | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache in :func:`compile_cache_dir` (programs that took >= 1 s to
+    compile, JAX's threshold; least recently used entries evicted past 4 GiB): the second run of a command
+    with the same shapes loads its executables instead of compiling them. -> the directory, or None (off)."""
+    import jax
+
+    d = compile_cache_dir(environ)
+    if d is None:
+        return None
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as e:    # an unwritable cache never stops a run: it only costs the compile time
+        logging.warning("compile cache %s unusable (%s); compiling without it", d, e)
+        return None
+    jax.config.update("jax_compilation_cache_dir", d)
+    jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
+    return d
+
+
 def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
-    """``absl.app.run(main)`` with one-line user errors (exit 2), ``--verbose`` and ``--help`` exiting 0."""
+    """``absl.app.run(main)`` with one-line user errors (exit 2), ``--verbose`` and ``--help`` exiting 0, and
+    the persistent compilation cache on (:func:`enable_compile_cache`)."""
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["verbose"])  # listed by --help
+    enable_compile_cache()
     app.run(_guarded(main), argv=None if argv is None else list(argv), flags_parser=_parse_flags)
 
 

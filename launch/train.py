@@ -7,6 +7,17 @@ r"""Train any system: ``python -m launch.train --config configs/X.py --workdir D
 * Multi-host: ``jax.distributed.initialize()`` runs when a cluster environment is detected (TPU pod
   slice with several workers, SLURM with several tasks, or JAX_COORDINATOR_ADDRESS set), or always /
   never with ``--distributed=on|off``. See launch/tpu/run.sh and launch/gpu/slurm.sbatch.
+  ``--coordinator_address``, ``--num_processes`` and ``--process_id`` are passed on to
+  ``jax.distributed.initialize`` (unset: JAX detects them from the cluster; ``JAX_COORDINATOR_ADDRESS`` also
+  sets the address), so any machine can run several processes by hand; under ``--distributed=auto``
+  ``--num_processes`` > 1 turns it on. ``config.train.batch_size`` is the global batch: each process feeds its
+  share. CPU processes exchange collectives through ``--cpu_collectives`` (gloo). Two CPU processes on one
+  machine (tests/test_multiprocess.py), each in its own shell, with one CPU device each::
+
+      XLA_FLAGS= JAX_PLATFORMS=cpu python -m launch.train --config tta_jax/train/toy.py --workdir /tmp/mh \
+          --distributed=on --coordinator_address=localhost:12355 --num_processes=2 --process_id=0   # and =1
+
+  Every process runs the same command (same workdir); kill all of them and re-run to resume.
 * A user error (unknown config key, missing file, invalid value) prints one ``error: ...`` line and exits
   with status 2; the config is validated before ``DIR/config.json`` is written. ``--verbose`` adds the
   traceback (launch/cli.py).
@@ -30,6 +41,15 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, logs, samples).")
 _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                                  "Call jax.distributed.initialize() (auto: when a cluster is detected).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0's coordinator (jax.distributed.initialize).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (unset: detected).",
+                                      lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).",
+                                   lower_bound=0)
+_CPU_COLLECTIVES = flags.DEFINE_enum("cpu_collectives", "gloo", ["gloo", "mpi"],
+                                     "Cross-process collectives of CPU devices "
+                                     "(jax_cpu_collectives_implementation).")
 _ORBAX_INFO = flags.DEFINE_bool("orbax_info_logs", False, "Show Orbax's INFO logs (very verbose).")
 
 EXIT_NONFINITE = 3
@@ -48,6 +68,20 @@ def cluster_detected(env=os.environ) -> bool:
     return False
 
 
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, cpu_collectives: str = "gloo") -> None:
+    """``jax.distributed.initialize`` with the CPU collectives chosen first (unset arguments: detected)."""
+    import jax
+
+    if (num_processes is None) != (process_id is None):
+        raise app.UsageError("--num_processes and --process_id go together (or leave both unset)")
+    if process_id is not None and process_id >= num_processes:
+        raise app.UsageError(f"--process_id={process_id}: expected < --num_processes={num_processes}")
+    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+
+
 class _DropOrbaxInfo(logging.Filter):
     def filter(self, record):  # noqa: D401
         return record.levelno >= logging.WARNING or "orbax" not in record.pathname
@@ -62,8 +96,10 @@ def main(argv):
         raise app.UsageError("--workdir is required")
     cli.check_output_dir(_WORKDIR.value, "--workdir")
     import jax
-    if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and cluster_detected()):
-        jax.distributed.initialize()
+    if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and (
+            cluster_detected() or (_NUM_PROCESSES.value or 1) > 1)):
+        initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               _CPU_COLLECTIVES.value)
     if not _ORBAX_INFO.value:
         for h in logging.getLogger().handlers:
             h.addFilter(_DropOrbaxInfo())

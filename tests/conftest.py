@@ -4,12 +4,16 @@ Tests run on the CPU. Eight host devices are simulated so that sharding tests ca
 everything else sees them as ordinary devices and uses the first one.
 """
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# launch.* subprocesses share one persistent compilation cache per test run (both xdist workers), not ~/.cache
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+os.environ.setdefault("TTA_JAX_COMPILE_CACHE", os.path.join(tempfile.gettempdir(), f"tta_jax_test_jit_cache_{_RUN}"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

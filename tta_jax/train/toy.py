@@ -4,7 +4,9 @@
   parameters carrying logical names (so fsdp/tensor sharding is exercised).
 * :class:`SyntheticIterator` -- deterministic batches (a function of seed and index), with
   ``get_state``/``set_state`` like a grain iterator; optional NaN ``poison`` indices and a per-batch
-  ``delay_s`` (to make a subprocess slow enough to be killed mid-run).
+  ``delay_s`` (to make a subprocess slow enough to be killed mid-run). With several processes each
+  one draws the same global batch and keeps its own ``rows`` of it, so a run's data (and params) do
+  not depend on how many processes feed it.
 * :func:`build` -- the ``config.builder`` entry (``"tta_jax.train.toy:build"``), epsilon-prediction loss.
 * :func:`get_config` -- a complete tiny trainer config.
 
@@ -58,12 +60,18 @@ class TinyDenoiser(nn.Module):
 
 
 class SyntheticIterator:
-    """Batches ``{"latent": [B, T, C] float32}`` from a fixed random 'dataset' (index-addressed)."""
+    """Batches ``{"latent": [b, T, C] float32}`` from a fixed random 'dataset' (index-addressed).
+
+    Each step draws a [batch_size, T, C] batch; ``rows`` (default: all) keeps this process's part of
+    it (:func:`tta_jax.train.loop.process_batch_rows`), so b = batch_size / processes.
+    """
 
     def __init__(self, batch_size: int, length: int = 16, channels: int = 4, seed: int = 0,
-                 poison: tuple[int, ...] = (), poison_from: int | None = None, delay_s: float = 0.0):
+                 poison: tuple[int, ...] = (), poison_from: int | None = None, delay_s: float = 0.0,
+                 rows: slice | None = None):
         self.batch_size, self.length, self.channels = batch_size, length, channels
         self.seed = seed
+        self.rows = rows if rows is not None else slice(0, batch_size)
         self.poison = set(int(i) for i in poison)
         self.poison_from = poison_from
         self.delay_s = delay_s
@@ -84,7 +92,7 @@ class SyntheticIterator:
                                          and self.index >= self.poison_from):
             x[0, 0, 0] = np.nan
         self.index += 1
-        return {"latent": x.astype(np.float32)}
+        return {"latent": x[self.rows].astype(np.float32)}
 
     def get_state(self) -> dict:
         return {"index": self.index}
@@ -108,8 +116,8 @@ def eps_loss(apply_fn, params, batch, rng):
     return loss, {"mse": loss}
 
 
-def build(config, mesh):  # noqa: ARG001 - mesh unused by the toy task
-    from tta_jax.train.loop import Task
+def build(config, mesh):
+    from tta_jax.train.loop import Task, process_batch_rows
     d = config.data
     model = TinyDenoiser(hidden=config.model.hidden)
     shape = (1, d.length, d.channels)
@@ -123,10 +131,12 @@ def build(config, mesh):  # noqa: ARG001 - mesh unused by the toy task
     def loss_fn(params, batch, rng):
         return eps_loss(apply_fn, params, batch, rng)
 
-    it = SyntheticIterator(config.train.batch_size // jax.process_count(), d.length, d.channels,
-                           seed=config.seed + 1000 * jax.process_index(), poison=tuple(d.poison),
+    # Every process draws the global batch and keeps the rows its devices hold in the mesh.
+    it = SyntheticIterator(config.train.batch_size, d.length, d.channels, seed=config.seed,
+                           poison=tuple(d.poison),
                            poison_from=d.poison_from if d.poison_from >= 0 else None,
-                           delay_s=d.delay_s)
+                           delay_s=d.delay_s,
+                           rows=process_batch_rows(mesh, config.train.batch_size))
     return Task(init_fn=init_fn, loss_fn=loss_fn, train_iter=it)
 
 
