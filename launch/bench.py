@@ -1,8 +1,8 @@
 """Benchmarks: JAX vs PyTorch for the denoisers (train step, 100-step DDIM + CFG sampling), matmul peak,
 data loader.
 
-  python -m launch.bench {all,dit,unet,lora,data,peak} [--json out.json] [--quick] [--repeats N]
-                         [--xla_flags "..."] [--threads N]
+  python -m launch.bench {all,dit,unet,lora,scaling,profile,data,peak} [--json out.json] [--plot out.png]
+                         [--quick] [--repeats N] [--xla_flags "..."] [--threads N]
 
 What is measured (every number is the **median** of ``--repeats`` timed runs after warm-up/compile):
 
@@ -24,6 +24,15 @@ What is measured (every number is the **median** of ``--repeats`` timed runs aft
   step as ``train``. Per variant: step time, trained params (count, fraction of all params), optimizer-state
   bytes, and peak memory twice: XLA ``memory_analysis`` of the compiled step (argument + output + temp -
   alias) and ``ru_maxrss`` of a fresh subprocess that ran only that variant (``LORA_MEMORY_NOTE``).
+  Each JAX train/sample row also has ``compile_s`` (trace + lower + compile; small when the persistent
+  compilation cache, on by default as for every ``launch.*`` command, already holds the program) and
+  :func:`compiled_memory` (``compiled_peak_bytes``: XLA's argument + output + temp - alias of that program);
+  ``train step remat`` is the same step with every block under ``remat`` (JAX only, for time and memory).
+- ``scaling``: JAX only, random params: the DiT and U-Net train step and one sampler step (DDIM + CFG) at
+  1x, 2x, 4x the clip of :data:`SCALE_BASE` and batch 1, 4, 16: time, FLOP/s, % of peak, compile seconds,
+  XLA peak memory per point; ``--json X.json`` also writes the plot ``X.png`` (time per clip vs tokens).
+- ``profile``: JAX only: the train steps of ``dit``/``unet`` traced with ``jax.profiler``; XLA op self time
+  per model part (``launch/xprof.py``), the largest parts printed.
 - ``data``: ``launch.bench_data`` (embedded render, precompute, grain loader).
 
 FLOPs come from XLA's ``cost_analysis`` of the compiled JAX program (train step; one CFG model call x
@@ -188,6 +197,14 @@ def _schedule():
     return D.make_schedule("scaled_linear", zero_terminal_snr=True, prediction_type="v_prediction")
 
 
+def _apply_of(module):
+    """A Flax denoiser -> ``apply_fn(params, x_t, t, cond, train=False)``."""
+    def apply_fn(p, x, t, c, train=False):
+        return module.apply({"params": p}, x, t, c, train=train)
+
+    return apply_fn
+
+
 def _jax_train_state(apply_fn, params, x0, cond, trainable: tuple[str, ...] = ()):
     """The real trainer's step (``diffusion_loss`` v-pred MSE, AdamW, ``make_train_step`` with EMA off) and its
     fresh state. ``trainable``: ``config.optimizer.trainable`` regexes (empty: all train).
@@ -203,7 +220,7 @@ def _jax_train_state(apply_fn, params, x0, cond, trainable: tuple[str, ...] = ()
     sched = _schedule()
 
     def loss_fn(p, b, r):
-        return D.diffusion_loss(lambda pp, x, t, c, rng: apply_fn(pp, x, t, c), p, b, r, sched)
+        return D.diffusion_loss(lambda pp, x, t, c, rng: apply_fn(pp, x, t, c, train=True), p, b, r, sched)
 
     tx, _ = make_optimizer({"name": "adamw", "lr": 1e-4, "weight_decay": 0.01, "schedule": "constant",
                             "trainable": tuple(trainable)})
@@ -215,11 +232,14 @@ def _jax_train_state(apply_fn, params, x0, cond, trainable: tuple[str, ...] = ()
 
 
 def _compile_step(step, state, batch):
-    """``jax.jit(step)`` with the state donated, AOT-compiled for ``(state, batch)``."""
+    """``jax.jit(step)`` with the state donated, AOT-compiled for ``(state, batch)``. -> (compiled, seconds to
+    trace, lower and compile it: a persistent-cache hit shows here as a small figure)."""
     import jax
 
     log("jax train: compiling")
-    return jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    return compiled, time.perf_counter() - t0
 
 
 def _time_train(compiled, state, batch, repeats):
@@ -240,16 +260,27 @@ def _time_train(compiled, state, batch, repeats):
 
 
 def _jax_train(apply_fn, params, x0, cond, repeats):
-    """Times one donated, jitted make_train_step step. -> (median, times, flops, loss)."""
+    """Times one donated, jitted make_train_step step. -> (median, times, flops, loss, extra: compile_s and
+    :func:`compiled_memory` of the step)."""
     step, state, batch = _jax_train_state(apply_fn, params, x0, cond)
-    compiled = _compile_step(step, state, batch)
+    compiled, compile_s = _compile_step(step, state, batch)
     flops = _flops(compiled)
+    extra = dict(compile_s=compile_s, **compiled_memory(compiled))
     med, times, loss = _time_train(compiled, state, batch, repeats)
-    return med, times, flops, loss
+    return med, times, flops, loss, extra
+
+
+def _remat_row(tag, apply_fn, params, x0, cond, peak, repeats) -> dict:
+    """The train step of :func:`_jax_train` with every block under ``remat`` (recomputed in the backward;
+    ``nothing_saveable``): JAX only, for its time and :func:`compiled_memory` next to the plain step's."""
+    log("jax train (remat)")
+    jt, jts, fl, loss, extra = _jax_train(apply_fn, params, x0, cond, repeats)
+    return _row(tag, "train step remat", jt, None, fl, peak, jts, [], jax_loss=loss, remat=True, **extra)
 
 
 def _jax_sample(apply_fn, params, x_T, cond, uncond, steps, repeats):
-    """Times 100-step DDIM + batched CFG in one jit. -> (median, times, flops of all model calls)."""
+    """Times ``steps``-step DDIM + batched CFG in one jit. -> (median, times, flops of all model calls, finite,
+    extra: compile_s and :func:`compiled_memory` of the sampler)."""
     import jax
     import jax.numpy as jnp
 
@@ -266,7 +297,9 @@ def _jax_sample(apply_fn, params, x_T, cond, uncond, steps, repeats):
 
     args = (params, jnp.asarray(x_T), jax.random.PRNGKey(1), cond, uncond)
     log("jax sample: compiling")
+    t0 = time.perf_counter()
     compiled = jax.jit(gen).lower(*args).compile()
+    extra = dict(compile_s=time.perf_counter() - t0, **compiled_memory(compiled))
     # cost_analysis of a while loop counts its body once: count one guided model call x steps instead.
     t = jnp.full((x_T.shape[0],), 500, jnp.int32)
     one = jax.jit(lambda p, x, t, c, u: denoiser(p, c, u)(x, t)).lower(params, jnp.asarray(x_T), t, cond,
@@ -275,7 +308,7 @@ def _jax_sample(apply_fn, params, x_T, cond, uncond, steps, repeats):
     log("jax sample: timing")
     med, times = median_time(lambda: compiled(*args).block_until_ready(), repeats, warmup=0)  # AOT-compiled
     out = compiled(*args)
-    return med, times, (f1 * steps if f1 else None), bool(jnp.all(jnp.isfinite(out)))
+    return med, times, (f1 * steps if f1 else None), bool(jnp.all(jnp.isfinite(out))), extra
 
 
 def _torch_train(torch_fn, tparams, x0, repeats, ac):
@@ -371,8 +404,7 @@ def bench_dit(b: DiTBench, peak: float | None, repeats: int = 3, sample_repeats:
     params = jax.tree.map(jnp.asarray, variables["params"])
     model = DiT(c)
 
-    def apply_fn(p, x, t, cond):
-        return model.apply({"params": p}, x, t, cond)
+    apply_fn = _apply_of(model)
 
     rng = np.random.default_rng(0)
     B, T, L = b.batch, b.frames, b.context_len
@@ -397,12 +429,15 @@ def bench_dit(b: DiTBench, peak: float | None, repeats: int = 3, sample_repeats:
     err = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
     tag = f"dit w{b.width} d{b.depth} T{T} B{B}"
-    jt, jts, fl_train, jloss = _jax_train(apply_fn, params, x0, cond, repeats)
+    jt, jts, fl_train, jloss, jx = _jax_train(apply_fn, params, x0, cond, repeats)
     tt, tts, tloss = _torch_train(lambda x, t: dit_forward(W, x, t, tt_text, tt_mask, None, None, c),
                                   [v for v in W.values() if v.requires_grad], torch.from_numpy(x0), repeats,
                                   np.asarray(_schedule().alphas_cumprod))
     rows = [_row(tag, "train step", jt, tt, fl_train, peak, jts, tts, max_rel_err=err,
-                 jax_loss=jloss, torch_loss=tloss)]
+                 jax_loss=jloss, torch_loss=tloss, **jx)]
+    remat_model = DiT(c.replace(remat=True))
+    rows.append(_remat_row(tag, _apply_of(remat_model), params, x0, cond,
+                           peak, repeats))
 
     Bs = b.sample_batch
     x_T = rng.standard_normal((Bs, T, b.channels)).astype(np.float32)
@@ -411,14 +446,14 @@ def bench_dit(b: DiTBench, peak: float | None, repeats: int = 3, sample_repeats:
     nmask[:, :2] = True
     scond = {"text": jnp.asarray(text[:Bs]), "text_mask": jnp.asarray(tmask[:Bs])}
     sun = {"text": jnp.asarray(np.repeat(null, Bs, 0)), "text_mask": jnp.asarray(nmask)}
-    js, jss, fl_s, jfin = _jax_sample(apply_fn, params, x_T, scond, sun, b.steps, sample_repeats)
+    js, jss, fl_s, jfin, jsx = _jax_sample(apply_fn, params, x_T, scond, sun, b.steps, sample_repeats)
     text2 = torch.from_numpy(np.concatenate([text[:Bs], np.repeat(null, Bs, 0)]))
     mask2 = torch.from_numpy(np.concatenate([tmask[:Bs], nmask]))
     Wd = {k: v.detach() for k, v in W.items()}
     ts, tss, tfin = _torch_sample(lambda x, t: dit_forward(Wd, x, t, text2, mask2, None, None, c),
                                   torch.from_numpy(x_T), b.steps, sample_repeats)
     rows.append(_row(tag, f"sample {b.steps}x DDIM+CFG B{Bs}", js, ts, fl_s, peak, jss, tss,
-                     finite=jfin and tfin))
+                     finite=jfin and tfin, **jsx))
     return rows
 
 
@@ -455,8 +490,7 @@ def bench_unet(b: UNetBench, peak: float | None, repeats: int = 3, sample_repeat
         raise RuntimeError(report.summary())
     params = jax.tree.map(jnp.asarray, params)
 
-    def apply_fn(p, x, t, cond):
-        return model.apply({"params": p}, x, t, cond)
+    apply_fn = _apply_of(model)
 
     rng = np.random.default_rng(0)
     B, L = b.batch, b.context_len
@@ -476,13 +510,16 @@ def bench_unet(b: UNetBench, peak: float | None, repeats: int = 3, sample_repeat
     err = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
     tag = f"unet {'-'.join(map(str, b.block_out_channels))} {b.height}x{b.width} B{B}"
-    jt, jts, fl_train, jloss = _jax_train(apply_fn, params, x0j, cond, repeats)
+    jt, jts, fl_train, jloss, jx = _jax_train(apply_fn, params, x0j, cond, repeats)
     unet.train()
     tt, tts, tloss = _torch_train(
         lambda x, t: unet(x, t, tt_text, encoder_attention_mask=tt_mask).sample,
         list(unet.parameters()), torch.from_numpy(x0), repeats, np.asarray(_schedule().alphas_cumprod))
     rows = [_row(tag, "train step", jt, tt, fl_train, peak, jts, tts, max_rel_err=err,
-                 jax_loss=jloss, torch_loss=tloss)]
+                 jax_loss=jloss, torch_loss=tloss, **jx)]
+    remat_model = UNet.from_diffusers_config(dict(unet.config), attention_backend=attention, remat=True)
+    rows.append(_remat_row(tag, _apply_of(remat_model), params, x0j, cond,
+                           peak, repeats))
 
     unet.eval()
     Bs = b.sample_batch
@@ -492,14 +529,14 @@ def bench_unet(b: UNetBench, peak: float | None, repeats: int = 3, sample_repeat
     nmask[:, :2] = True
     scond = {"text": jnp.asarray(text[:Bs]), "text_mask": jnp.asarray(tmask[:Bs])}
     sun = {"text": jnp.asarray(np.repeat(null, Bs, 0)), "text_mask": jnp.asarray(nmask)}
-    js, jss, fl_s, jfin = _jax_sample(apply_fn, params, x_T.transpose(0, 2, 3, 1), scond, sun, b.steps,
-                                      sample_repeats)
+    js, jss, fl_s, jfin, jsx = _jax_sample(apply_fn, params, x_T.transpose(0, 2, 3, 1), scond, sun, b.steps,
+                                           sample_repeats)
     text2 = torch.from_numpy(np.concatenate([text[:Bs], np.repeat(null, Bs, 0)]))
     mask2 = torch.from_numpy(np.concatenate([tmask[:Bs], nmask]))
     ts, tss, tfin = _torch_sample(lambda x, t: unet(x, t, text2, encoder_attention_mask=mask2).sample,
                                   torch.from_numpy(x_T), b.steps, sample_repeats)
     rows.append(_row(tag, f"sample {b.steps}x DDIM+CFG B{Bs}", js, ts, fl_s, peak, jss, tss,
-                     finite=jfin and tfin))
+                     finite=jfin and tfin, **jsx))
     return rows
 
 
@@ -644,8 +681,7 @@ def lora_variant(family: str, variant: str, size: dict, repeats: int = 3, attent
         net = LoRADenoiser(model, targets, LORA_RANK)
         task = f"train step LoRA r{LORA_RANK}"
 
-    def apply_fn(p, x, t, c):
-        return net.apply({"params": p}, x, t, c)
+    apply_fn = _apply_of(net)
 
     step, state, batch = _jax_train_state(apply_fn, params, x0, cond, trainable)
     rss_before = _max_rss_bytes()
@@ -657,8 +693,8 @@ def lora_variant(family: str, variant: str, size: dict, repeats: int = 3, attent
             "opt_state_bytes": _n_bytes(state.opt_state), "params_bytes": _n_bytes(state.params)}
     if variant == "lora":
         info.update(rank=LORA_RANK, targets=list(LORA_TARGETS[family]), adapted_kernels=len(adapters))
-    compiled = _compile_step(step, state, batch)
-    info.update(compiled_memory(compiled))
+    compiled, compile_s = _compile_step(step, state, batch)
+    info.update(compiled_memory(compiled), compile_s=compile_s)
     flops = _flops(compiled)
     med, times, loss = _time_train(compiled, state, batch, repeats)   # donates (deletes) ``state``
     return _row(tag, task, med, None, flops, peak, times, [], jax_loss=loss, **info,
@@ -706,6 +742,149 @@ def bench_lora(quick: bool = False, repeats: int = 3, attention: str = "auto", p
             row["isolated"] = isolate
             rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------- scaling
+SCALE_TOKENS = (1, 2, 4)           # clip length as a multiple of the 1x clip below
+SCALE_BATCH = (1, 4, 16)
+SCALE_SAMPLE_STEPS = 4             # the sampler's per-step time: DDIM + CFG (2B rows per model call)
+# 1x = 2 s of 50 Hz DiT latents (100 tokens) / a 32 x 16 U-Net latent (512 positions); 2x is the train/sample
+# suites' clip.
+SCALE_BASE = {"dit": DiTBench(frames=100), "unet": UNetBench(height=32)}
+QUICK_SCALE_BASE = {"dit": dataclasses.replace(QUICK_DIT, frames=8),
+                    "unet": dataclasses.replace(QUICK_UNET, height=8)}
+
+
+def _scaled(family: str, b, tokens: int, batch: int):
+    """Bench size ``b`` with the clip ``tokens`` times as long (DiT frames, U-Net latent height = time) and
+    ``batch`` rows (train and sample)."""
+    if family == "dit":
+        return dataclasses.replace(b, frames=b.frames * tokens, batch=batch, sample_batch=batch)
+    return dataclasses.replace(b, height=b.height * tokens, batch=batch, sample_batch=batch)
+
+
+def scaling_point(family: str, size: dict, tokens: int, batch: int, repeats: int = 2,
+                  peak: float | None = None, attention: str = "auto") -> list[dict]:
+    """One point of the sweep (random params, JAX only): the train step (as ``train``) and the sampler
+    (:data:`SCALE_SAMPLE_STEPS` DDIM + CFG steps in one jit; ``jax_s`` is per step) at ``tokens`` x the 1x clip
+    and ``batch`` rows. -> two rows with ``tokens`` (latent positions per clip), time, FLOP/s, % of peak,
+    compile seconds and :func:`compiled_memory`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    b = _scaled(family, _bench_of(family, size), tokens, batch)
+    log(f"scaling: {family} {tokens}x B{batch}")
+    model, params, x0, cond, _ = _lora_base(family, b, attention)
+    n_tok = int(np.prod(x0.shape[1:-1]))
+
+    apply_fn = _apply_of(model)
+
+    info = dict(family=family, tokens_mult=tokens, tokens=n_tok, batch=batch)
+    tag = f"{family} {tokens}x ({n_tok} tok) B{batch}"
+    jt, jts, fl, loss, extra = _jax_train(apply_fn, params, x0, cond, repeats)
+    rows = [_row(tag, "train step", jt, None, fl, peak, jts, [], jax_loss=loss, **info, **extra)]
+    L = cond["text"].shape[1]
+    umask = np.zeros((batch, L), bool)
+    umask[:, :2] = True
+    uncond = {"text": jnp.zeros_like(cond["text"]), "text_mask": jnp.asarray(umask)}
+    steps = SCALE_SAMPLE_STEPS
+    js, jss, fls, fin, sx = _jax_sample(apply_fn, params, x0, cond, uncond, steps, repeats)
+    rows.append(_row(tag, "sample step (CFG)", js / steps, None, (fls / steps) if fls else None, peak,
+                     [t / steps for t in jss], [], finite=fin, sample_steps=steps, **info, **sx))
+    jax.clear_caches()
+    return rows
+
+
+def bench_scaling(quick: bool = False, repeats: int = 2, peak: float | None = None, attention: str = "auto",
+                  families: tuple[str, ...] = ("dit", "unet")) -> list[dict]:
+    """The sweep: every (family, :data:`SCALE_TOKENS`, :data:`SCALE_BATCH`) point of :func:`scaling_point`
+    over the families of :data:`SCALE_BASE` (``quick``: :data:`QUICK_SCALE_BASE`). -> rows."""
+    base = QUICK_SCALE_BASE if quick else SCALE_BASE
+    rows = []
+    for family in (f for f in families if f in base):
+        for n in SCALE_TOKENS:
+            for bs in SCALE_BATCH:
+                rows += scaling_point(family, dataclasses.asdict(base[family]), n, bs, repeats, peak, attention)
+    return rows
+
+
+def plot_scaling(rows: list[dict], path: str) -> str:
+    """Time per clip (row) vs tokens per clip, log-log, one line per (family, batch); train step and sampler
+    step side by side. A dashed line continues each 1x point linearly: where a curve bends above it, cost grows
+    faster than the token count (attention's quadratic term). -> ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = ("train step", "sample step (CFG)")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, task in zip(axes, tasks):
+        pts = [r for r in rows if r["task"] == task and r.get("jax_s")]
+        for key in sorted({(r["family"], r["batch"]) for r in pts}):
+            line = sorted((r["tokens"], r["jax_s"] / r["batch"]) for r in pts if (r["family"], r["batch"]) == key)
+            xs, ys = zip(*line)
+            (h,) = ax.plot(xs, [1e3 * y for y in ys], "o-", label=f"{key[0]} B{key[1]}")
+            ax.plot(xs, [1e3 * ys[0] * x / xs[0] for x in xs], "--", color=h.get_color(), alpha=0.4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens per clip (latent positions)")
+        ax.set_ylabel("ms per clip")
+        ax.set_title(task + (" (one of the sampler's steps)" if task.startswith("sample") else ""))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("tta-jax: cost vs clip length (dashed: linear in tokens from the 1x point)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def print_scaling_table(rows: list[dict]) -> None:
+    hdr = (f"{'family':<6} {'tokens':>7} {'B':>3} {'task':<18} {'time':>9} {'per clip':>9} {'FLOP/s':>8} "
+           f"{'%pk':>5} {'compile':>8} {'XLA peak':>10}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        print(f"{r['family']:<6} {r['tokens']:>7} {r['batch']:>3} {r['task']:<18} {_fmt_s(r['jax_s']):>9} "
+              f"{_fmt_s(r['jax_s'] / r['batch']):>9} {_fmt_f(r['jax_flops_per_s']):>8} "
+              f"{_fmt_p(r['jax_pct_peak']):>5} {_fmt_s(r.get('compile_s')):>8} "
+              f"{_fmt_b(r.get('compiled_peak_bytes')):>10}")
+
+
+# ----------------------------------------------------------------------------- profile
+def bench_profile(quick: bool = False, calls: int = 3, attention: str = "auto",
+                  families: tuple[str, ...] = ("dit", "unet")) -> dict:
+    """Where each train step of the ``train`` suites' sizes spends its time (:func:`launch.xprof.profile`:
+    XLA op self time per model part). -> {family: profile dict + "model"}."""
+    import jax
+
+    from launch import xprof
+
+    out = {}
+    for family, b in _lora_sizes(quick).items():
+        if family not in families:
+            continue
+        log(f"profile: {family}")
+        model, params, x0, cond, tag = _lora_base(family, b, attention)
+
+        step, state, batch = _jax_train_state(_apply_of(model), params, x0, cond)
+        compiled, _ = _compile_step(step, state, batch)
+        box = [state]
+
+        def run():
+            s, m = compiled(box[0], batch)
+            box[0] = s
+            return s
+
+        run()
+        run()
+        prof = xprof.profile(compiled, run, (type(model).__name__,), calls=calls)
+        out[family] = dict(model=tag, **prof)
+        del box
+        jax.clear_caches()
+    return out
 
 
 # ----------------------------------------------------------------------------- data
@@ -762,16 +941,24 @@ def print_table(result: dict) -> None:
     rows = result.get("results", [])
     if rows:
         hdr = (f"{'model':<30} {'task':<26} {'jax':>9} {'torch':>9} {'speed-up':>8} "
-               f"{'FLOP/s jax':>10} {'torch':>8} {'%pk jax':>7} {'torch':>6}")
+               f"{'FLOP/s jax':>10} {'torch':>8} {'%pk jax':>7} {'torch':>6} {'compile':>8} {'XLA peak':>10}")
         print(hdr)
         print("-" * len(hdr))
         for r in rows:
             sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
             print(f"{r['model']:<30} {r['task']:<26} {_fmt_s(r['jax_s']):>9} {_fmt_s(r['torch_s']):>9} "
                   f"{sp:>8} {_fmt_f(r['jax_flops_per_s']):>10} {_fmt_f(r['torch_flops_per_s']):>8} "
-                  f"{_fmt_p(r['jax_pct_peak']):>7} {_fmt_p(r['torch_pct_peak']):>6}")
+                  f"{_fmt_p(r['jax_pct_peak']):>7} {_fmt_p(r['torch_pct_peak']):>6} "
+                  f"{_fmt_s(r.get('compile_s')):>8} {_fmt_b(r.get('compiled_peak_bytes')):>10}")
     if result.get("lora"):
         print_lora_table(result["lora"])
+    if result.get("scaling"):
+        print_scaling_table(result["scaling"])
+    if result.get("profile"):
+        from launch import xprof
+
+        for fam, prof in result["profile"].items():
+            xprof.print_profile(f"profile {prof['model']} train step", prof)
     for k, v in result.get("targets", {}).items():
         print(f"target {k}: {v}")
     if result.get("data"):
@@ -787,6 +974,8 @@ def check_targets(rows: list[dict]) -> dict:
     out = {}
     for r in rows:
         name = r["model"].split()[0]
+        if r.get("torch_s") is None:      # JAX-only rows (remat) have no target
+            continue
         if r["task"] == "train step":
             out[f"{name} train speed-up >= {TARGETS['train_speedup']}x"] = (
                 r["speedup"] is not None and r["speedup"] >= TARGETS["train_speedup"])
@@ -803,7 +992,7 @@ def run(which: str, quick: bool = False, repeats: int | None = None, threads: in
         attention: str = "auto") -> dict:
     # libgomp reads this when torch is loaded: with the default (active spin-waiting) OpenMP barriers a
     # 2-thread torch on a loaded machine was ~1000x slower (2 s vs 3 ms per tiny forward).
-    if which != "lora":      # the lora suite is JAX only
+    if which not in ("lora", "scaling", "profile"):      # these suites are JAX only
         if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
             print("warning: torch already imported; OMP_WAIT_POLICY=PASSIVE not applied", file=sys.stderr)
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -819,7 +1008,7 @@ def run(which: str, quick: bool = False, repeats: int | None = None, threads: in
               "targets_spec": TARGETS, "config": {}, "results": []}
     rep = repeats or (1 if quick else 3)
     peak = None
-    if which in ("all", "peak", "dit", "unet"):
+    if which in ("all", "peak", "dit", "unet", "scaling"):
         log("peak")
         result["peak"] = bench_peak(256 if quick else 2048, repeats=rep + 2)
         peak = result["peak"]["jax_flops_per_s"]
@@ -836,6 +1025,14 @@ def run(which: str, quick: bool = False, repeats: int | None = None, threads: in
                                     "bench": {f: dataclasses.asdict(b) for f, b in _lora_sizes(quick).items()},
                                     "memory": LORA_MEMORY_NOTE}
         result["lora"] = bench_lora(quick, repeats=rep, attention=attention, peak=peak)
+    if which in ("all", "profile"):
+        result["profile"] = bench_profile(quick, attention=attention)
+    if which in ("all", "scaling"):
+        result["config"]["scaling"] = {"tokens": list(SCALE_TOKENS), "batch": list(SCALE_BATCH),
+                                       "sample_steps": SCALE_SAMPLE_STEPS,
+                                       "base": {f: dataclasses.asdict(b) for f, b in
+                                                (QUICK_SCALE_BASE if quick else SCALE_BASE).items()}}
+        result["scaling"] = bench_scaling(quick, repeats=min(rep, 2), peak=peak, attention=attention)
     if which in ("all", "data"):
         log("data")
         result["data"] = bench_data(quick)
@@ -846,20 +1043,35 @@ def run(which: str, quick: bool = False, repeats: int | None = None, threads: in
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("which", choices=("all", "dit", "unet", "lora", "data", "peak"))
+    p.add_argument("which", choices=("all", "dit", "unet", "lora", "scaling", "profile", "data", "peak"))
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--plot", default=None, help="the scaling plot (PNG; default: the --json path with .png)")
     p.add_argument("--quick", action="store_true", help="tiny configs, 4 sampling steps (CI smoke test)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--attention", default="auto", choices=("auto", "xla", "einsum"))
+    p.add_argument("--attention", default="auto", choices=("auto", "xla", "einsum", "deferred"))
     p.add_argument("--xla_flags", default="", help="prepended to XLA_FLAGS (must precede jax import)")
     a = p.parse_args(argv)
     if a.xla_flags:
         if "jax" in sys.modules:
             print("warning: jax already imported; --xla_flags may not take effect", file=sys.stderr)
         os.environ["XLA_FLAGS"] = (a.xla_flags + " " + os.environ.get("XLA_FLAGS", "")).strip()
+    from launch.cli import enable_compile_cache
+
+    t0 = time.perf_counter()
+    cache = enable_compile_cache()      # TTA_JAX_COMPILE_CACHE=off turns it off
     res = run(a.which, quick=a.quick, repeats=a.repeats, threads=a.threads, attention=a.attention)
+    res["settings"]["compile_cache"] = cache
+    res["wall_s"] = time.perf_counter() - t0
+    res["compile_s_total"] = sum(r.get("compile_s") or 0.0 for k in ("results", "lora", "scaling")
+                                 for r in res.get(k) or [])
     print_table(res)
+    print(f"compile seconds over all rows: {res['compile_s_total']:.1f} (persistent cache: {cache or 'off'}); "
+          f"whole run {res['wall_s']:.0f} s")
+    plot = a.plot or (os.path.splitext(a.json)[0] + ".png" if a.json else None)
+    if res.get("scaling") and plot:
+        res["plot"] = plot_scaling(res["scaling"], plot)
+        print(f"wrote {plot}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

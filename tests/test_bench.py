@@ -94,14 +94,23 @@ def test_quick_dit_bench_writes_json(tmp_path):
     assert res["config"]["dit"]["model"]["width"] == bench.QUICK_DIT.width
     assert res["peak"]["jax_flops_per_s"] > 0
     rows = res["results"]
-    assert [r["task"] for r in rows] == ["train step", f"sample {bench.QUICK_DIT.steps}x DDIM+CFG B1"]
-    for r in rows:
+    assert [r["task"] for r in rows] == ["train step", "train step remat",
+                                         f"sample {bench.QUICK_DIT.steps}x DDIM+CFG B1"]
+    plain, remat, sample = rows
+    for r in (plain, sample):
         assert r["jax_s"] > 0 and r["torch_s"] > 0 and r["speedup"] > 0
         assert r["flops"] > 0 and r["jax_flops_per_s"] > 0 and r["jax_pct_peak"] > 0
-    assert rows[0]["max_rel_err"] < 1e-4          # both sides compute the same function
-    assert np.isfinite(rows[0]["jax_loss"]) and np.isfinite(rows[0]["torch_loss"])
-    assert rows[1]["finite"] is True
-    assert len(res["targets"]) == 3
+    for r in rows:
+        assert r["compile_s"] > 0 and r["compiled_peak_bytes"] > 0 and r["temp_bytes"] > 0
+    assert plain["max_rel_err"] < 1e-4          # both sides compute the same function
+    assert np.isfinite(plain["jax_loss"]) and np.isfinite(plain["torch_loss"])
+    # the same step recomputing its blocks: same loss (same data and key), JAX only, more FLOPs
+    assert remat["torch_s"] is None and remat["remat"] is True
+    assert remat["jax_loss"] == pytest.approx(plain["jax_loss"], rel=1e-4)
+    assert remat["flops"] > plain["flops"]
+    assert sample["finite"] is True
+    assert len(res["targets"]) == 3               # the remat row has no target
+    assert res["settings"]["compile_cache"] and res["compile_s_total"] > 0
 
 
 # tinier than QUICK_UNET; the end-to-end test runs the U-Net only (one tiny train-step compile per variant,
@@ -160,3 +169,25 @@ def test_lora_suite_full_vs_lora(tmp_path, monkeypatch, capsys):
     assert lora["opt_state_bytes"] < full["opt_state_bytes"]
     # q/k/v/out x (self + cross) x 4 transformer blocks (down, mid, 2 up)
     assert lora["adapted_kernels"] == 8 * 4 and lora["targets"] == list(bench.LORA_TARGETS["unet"])
+
+
+def test_scaling_suite_writes_rows_json_and_plot(tmp_path, monkeypatch, capsys):
+    """`python -m launch.bench scaling` at a tiny U-Net, two clip lengths: a train and a sampler row per point
+    with tokens, batch, FLOP/s, compile seconds and XLA peak memory; the PNG is written next to the JSON."""
+    monkeypatch.setattr(bench, "QUICK_SCALE_BASE", {"unet": TINY_LORA["unet"]})
+    monkeypatch.setattr(bench, "SCALE_TOKENS", (1, 2))
+    monkeypatch.setattr(bench, "SCALE_BATCH", (2,))
+    out = tmp_path / "scaling.json"
+    bench.main(["scaling", "--quick", "--repeats", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "sample step (CFG)" in printed and "XLA peak" in printed
+    res = json.loads(out.read_text())
+    rows = res["scaling"]
+    assert [(r["tokens"], r["task"]) for r in rows] == [(64, "train step"), (64, "sample step (CFG)"),
+                                                        (128, "train step"), (128, "sample step (CFG)")]
+    for r in rows:
+        assert r["family"] == "unet" and r["batch"] == 2 and r["jax_s"] > 0 and r["flops"] > 0
+        assert r["compile_s"] > 0 and r["compiled_peak_bytes"] > 0
+    assert rows[2]["flops"] > 1.5 * rows[0]["flops"]          # twice the clip, about twice the work
+    png = tmp_path / "scaling.png"
+    assert res["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

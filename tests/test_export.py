@@ -139,8 +139,15 @@ def test_bf16_export_halves_the_params_and_samples_the_rounded_model(tmp_path):
     assert size["bf16"] < 0.55 * size["f32"]
     rounded = jax.tree.map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32), params)
     _, want, _ = tta.generate_audio(c, rounded, PROMPTS, seed=0)
-    got, _ = load_exported(str(tmp_path / "bf16"))(PROMPTS, seed=0)
+    s = load_exported(str(tmp_path / "bf16"))
+    got, _ = s(PROMPTS, seed=0)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert all(isinstance(p, jax.Array) for p in jax.tree.leaves(s.params))   # on the device once
+    from tta_jax.serving import ExportError
+
+    for kw in ({"guidance": float("nan")}, {"rescale": float("inf")}, {"guidance": "loud"}):
+        with pytest.raises(ExportError, match=next(iter(kw))):
+            s(PROMPTS, seed=0, **kw)
 
 
 def test_export_errors_name_the_problem(tmp_path):

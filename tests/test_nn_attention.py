@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax.core import meta
 
-from tta_jax.nn.attention import Attention, AttentionControl, apply_rope, rope_tables, rotate_half
+from tta_jax.nn.attention import (Attention, AttentionControl, apply_rope, deferred_attention, einsum_attention,
+                                  rope_tables, rotate_half)
 
 
 def np_layernorm(x, g, b, eps=1e-5):
@@ -60,7 +61,7 @@ def _perturb(params, key):
     return jax.tree.unflatten(tree, [l + 0.3 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
 
 
-@pytest.mark.parametrize("backend", ["xla", "einsum"])
+@pytest.mark.parametrize("backend", ["xla", "einsum", "deferred"])
 def test_cross_attention_matches_numpy_with_masks(backend):
     B, Lq, Lk, D, Dc, H, hd = 3, 5, 6, 16, 12, 2, 8
     kx, kc, kp = jax.random.split(jax.random.key(0), 3)
@@ -171,3 +172,29 @@ def test_control_capture_weights_and_replace():
     with pytest.raises(ValueError, match="einsum"):
         Attention(num_heads=H, head_dim=hd, backend="xla").apply(params, x, ctx, mask,
                                                                  control=AttentionControl(capture=True))
+
+
+def test_deferred_attention_gradients_equal_the_softmax_ones():
+    """Normalising after the value product (and a constant max shift) is the same function: values and
+    gradients w.r.t. q, k, v match the materialised-softmax core, masked keys and a fully masked row included;
+    bfloat16 inputs give bfloat16 outputs close to float32."""
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(3 * rng.standard_normal((3, 7, 2, 8)).astype(np.float32)) for _ in range(3))
+    mask = jnp.asarray(np.array([[1] * 7, [1, 1, 1, 0, 0, 0, 0], [0] * 7], bool))
+
+    def loss(fn):
+        return jax.value_and_grad(lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, mask))), argnums=(0, 1, 2))(q, k, v)
+
+    (l0, g0), (l1, g1) = loss(einsum_attention), loss(deferred_attention)
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+    for a, b in zip(g0, g1):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+    assert float(jnp.abs(deferred_attention(q, k, v, mask)[2]).max()) == 0.0
+    half = deferred_attention(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), mask)
+    assert half.dtype == jnp.bfloat16
+    ref = einsum_attention(q, k, v, mask)
+    assert float(jnp.abs(half.astype(jnp.float32) - ref).max()) < 0.1 * float(jnp.abs(ref).max())
+    with pytest.raises(ValueError, match="einsum"):
+        m = Attention(num_heads=2, head_dim=4, backend="deferred")
+        x = jnp.ones((1, 3, 8))
+        m.apply(m.init(jax.random.key(0), x), x, control=AttentionControl(capture=True))

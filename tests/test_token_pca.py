@@ -212,3 +212,21 @@ def test_a_run_started_from_another_keeps_its_token_pca(tmp_path):
                                   base_pca.basis)
     c.train.init_from = str(tmp_path / "params.safetensors")  # a params file, not a run: fitted on the data
     assert tta.saved_token_pca(c) is None
+
+
+def test_a_base_runs_pca_of_another_patch_size_is_refused_by_key(tmp_path):
+    """``train.init_from`` a run whose token PCA was fitted on other patches: a ConfigError naming
+    config.data.patch_frames (not a shape error deep in the model)."""
+    from configs.ezaudio_demo import get_config
+
+    data = str(tmp_path / "data")
+    os.makedirs(data)
+    _write_data(data, frames=12)
+    c = get_config()
+    c.data.patch_frames, c.data.token_pca, c.data.precomputed_dir = 2, 3, data
+    base_run = str(tmp_path / "base_run")
+    tta.save_assets(c, base_run)
+    c.train.init_from = base_run
+    c.data.patch_frames = 3
+    with pytest.raises(tta.ConfigError, match=r"config\.data\.patch_frames=3"):
+        tta.token_pca_of(c)

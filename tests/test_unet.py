@@ -263,3 +263,29 @@ def test_cross_attention_capture(base):
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
     assert np.all(p[1, ..., 3:] == 0)  # masked caption tokens get no attention
     np.testing.assert_allclose(np.asarray(out), _apply(model, params, x, t, cond), atol=1e-5)
+
+
+def test_remat_gives_the_same_params_loss_and_gradients(base):
+    """``remat=True`` recomputes each resnet / transformer in the backward: same parameter tree (a checkpoint loads
+    either way), same loss and gradients; attention control is refused under remat, a bad policy by name."""
+    model, params = base
+    x, t, cond, _ = _inputs()
+    rm = UNet(**BASE, remat=True, remat_policy="dots_with_no_batch_dims_saveable")
+    shapes = jax.eval_shape(lambda k: nn.meta.unbox(rm.init(k, x, t, cond)["params"]), jax.random.key(0))
+    assert jax.tree.structure(shapes) == jax.tree.structure(params)
+
+    def loss(m):
+        return jax.jit(jax.value_and_grad(lambda p: jnp.mean(m.apply({"params": p}, x, t, cond) ** 2)),
+                       compiler_options=_FAST)(params)
+
+    (l0, g0), (l1, g1) = loss(model), loss(rm)
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-7)
+    from tta_jax.nn.attention import AttentionControl
+
+    with pytest.raises(ValueError, match="remat"):
+        jax.eval_shape(lambda: rm.apply({"params": params}, x, t, dict(cond, attn_control=AttentionControl())))
+    with pytest.raises(ValueError, match="remat_policy"):
+        jax.eval_shape(lambda k: UNet(**BASE, remat=True, remat_policy="nope").init(k, x, t, cond),
+                       jax.random.key(0))

@@ -67,8 +67,9 @@ class ExportedSampler:
             raise ExportError(f"{meta_path}: exported for {self.meta['platforms']}, this machine runs {here!r}")
         with open(os.path.join(directory, SAMPLER_FILE), "rb") as f:
             self.exported = jax.export.deserialize(bytearray(f.read()))
-        self.params = nest({k: np.asarray(v, np.float32)   # bf16 is a storage format: computed in float32
-                            for k, v in load_file(os.path.join(directory, PARAMS_FILE)).items()})
+        # bf16 is a storage format: computed in float32. On the device once, not once per call.
+        self.params = jax.device_put(nest({k: np.asarray(v, np.float32)
+                                           for k, v in load_file(os.path.join(directory, PARAMS_FILE)).items()}))
         self.tokenizers = {t["key"]: load_tokenizer(t["spec"], os.path.join(directory, t["dir"]))
                            for t in self.meta["tokenizers"]}
         self._call = jax.jit(self.exported.call)
@@ -93,8 +94,8 @@ class ExportedSampler:
         prompts = list(prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ExportError("prompts must be a non-empty list of strings")
-        g = float(self.meta["guidance"] if guidance is None else guidance)
-        r = float(self.meta["rescale"] if rescale is None else rescale)
+        g = _finite("guidance", self.meta["guidance"] if guidance is None else guidance)
+        r = _finite("rescale", self.meta["rescale"] if rescale is None else rescale)
         null = self.tokens([""])
         audio, lat = [], []
         for c, i in enumerate(range(0, len(prompts), self.batch)):
@@ -104,6 +105,17 @@ class ExportedSampler:
             audio.append(np.asarray(a)[:len(chunk)])
             lat.append(np.asarray(z)[:len(chunk)])
         return np.concatenate(audio), np.concatenate(lat)
+
+
+def _finite(name: str, value) -> float:
+    """``value`` as a finite float, else an :class:`ExportError` naming ``name`` (NaN guidance gives NaN audio)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ExportError(f"{name}={value!r} is not a number") from None
+    if not np.isfinite(v):
+        raise ExportError(f"{name}={value!r} is not finite")
+    return v
 
 
 def load_exported(directory: str) -> ExportedSampler:

@@ -146,7 +146,7 @@ class ResnetBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, temb, cond_emb=None, *, train: bool = False):
+    def __call__(self, x, temb, cond_emb=None, train: bool = False):
         C = self.out_channels
         ada = self.time_norm == "ada_group"
         if ada:
@@ -287,16 +287,27 @@ class _BlockCfg:
     dropout: float
     backend: str
     output_scale_factor: float = 1.0
+    remat: str | None = None    # a jax.checkpoint_policies name: recompute each resnet / transformer in backward
 
 
-def _resnet(cfg: _BlockCfg, name, dtype):
-    return ResnetBlock(cfg.out_channels, cfg.groups, cfg.eps, cfg.time_norm, cfg.dropout, cfg.output_scale_factor,
-                       dtype=dtype, name=name)
+def _resnet(cfg: _BlockCfg, name, dtype, x, temb, cond_emb, train):
+    """A :class:`ResnetBlock` of ``cfg`` applied to x [B, H, W, C] (under ``nn.remat`` when ``cfg.remat``)."""
+    cls = ResnetBlock
+    if cfg.remat:
+        cls = nn.remat(ResnetBlock, static_argnums=(4,), policy=getattr(jax.checkpoint_policies, cfg.remat))
+    return cls(cfg.out_channels, cfg.groups, cfg.eps, cfg.time_norm, cfg.dropout, cfg.output_scale_factor,
+               dtype=dtype, name=name)(x, temb, cond_emb, train)
 
 
-def _transformer(cfg: _BlockCfg, name, dtype):
-    return Transformer2D(cfg.heads, cfg.out_channels // cfg.heads, cfg.groups, cfg.transformer_layers,
-                         cfg.only_cross_attention, cfg.extras, cfg.backend, dtype, name=name)
+def _transformer(cfg: _BlockCfg, name, dtype, x, text, text_mask, extra, control):
+    """A :class:`Transformer2D` of ``cfg`` applied to x [B, H, W, C] (under ``nn.remat`` when ``cfg.remat``;
+    attention control is refused there by :class:`UNet`)."""
+    cls = Transformer2D
+    if cfg.remat:
+        cls = nn.remat(Transformer2D, policy=getattr(jax.checkpoint_policies, cfg.remat))
+    m = cls(cfg.heads, cfg.out_channels // cfg.heads, cfg.groups, cfg.transformer_layers,
+            cfg.only_cross_attention, cfg.extras, cfg.backend, dtype, name=name)
+    return m(x, text, text_mask, extra) if control is None else m(x, text, text_mask, extra, control=control)
 
 
 class DownBlock(nn.Module):
@@ -314,10 +325,9 @@ class DownBlock(nn.Module):
         text, text_mask, extra, control = ctx
         skips = []
         for i in range(self.cfg.num_layers):
-            x = _resnet(self.cfg, f"resnets_{i}", self.dtype)(x, temb, cond_emb, train=train)
+            x = _resnet(self.cfg, f"resnets_{i}", self.dtype, x, temb, cond_emb, train)
             if self.cfg.has_attn:
-                x = _transformer(self.cfg, f"attentions_{i}", self.dtype)(x, text, text_mask, extra,
-                                                                            control=control)
+                x = _transformer(self.cfg, f"attentions_{i}", self.dtype, x, text, text_mask, extra, control)
             skips.append(x)
         if self.add_downsample:
             x = _conv(self.cfg.out_channels, stride=2, name="downsamplers_0", dtype=self.dtype)(x)
@@ -334,10 +344,10 @@ class MidBlock(nn.Module):
     @nn.compact
     def __call__(self, x, temb, cond_emb, ctx, *, train=False):
         text, text_mask, extra, control = ctx
-        x = _resnet(self.cfg, "resnets_0", self.dtype)(x, temb, cond_emb, train=train)
+        x = _resnet(self.cfg, "resnets_0", self.dtype, x, temb, cond_emb, train)
         for i in range(self.cfg.num_layers):
-            x = _transformer(self.cfg, f"attentions_{i}", self.dtype)(x, text, text_mask, extra, control=control)
-            x = _resnet(self.cfg, f"resnets_{i + 1}", self.dtype)(x, temb, cond_emb, train=train)
+            x = _transformer(self.cfg, f"attentions_{i}", self.dtype, x, text, text_mask, extra, control)
+            x = _resnet(self.cfg, f"resnets_{i + 1}", self.dtype, x, temb, cond_emb, train)
         return x
 
 
@@ -355,10 +365,9 @@ class UpBlock(nn.Module):
         skips = list(skips)
         for i in range(self.cfg.num_layers):
             x = jnp.concatenate([x, skips.pop()], axis=-1)
-            x = _resnet(self.cfg, f"resnets_{i}", self.dtype)(x, temb, cond_emb, train=train)
+            x = _resnet(self.cfg, f"resnets_{i}", self.dtype, x, temb, cond_emb, train)
             if self.cfg.has_attn:
-                x = _transformer(self.cfg, f"attentions_{i}", self.dtype)(x, text, text_mask, extra,
-                                                                            control=control)
+                x = _transformer(self.cfg, f"attentions_{i}", self.dtype, x, text, text_mask, extra, control)
         if self.add_upsample:
             hw = upsample_hw or (2 * x.shape[1], 2 * x.shape[2])
             x = _resize_nearest(x, hw)
@@ -416,6 +425,8 @@ class UNet(nn.Module):
     ref_dims: tuple[int, ...] | None = None  # context width per entry of ref_blocks (default: channels)
     ref_zero_init: bool = True
     attention_backend: str = "auto"
+    remat: bool = False                        # recompute each resnet / transformer in the backward (memory)
+    remat_policy: str = "nothing_saveable"     # a jax.checkpoint_policies name
     dtype: Any = jnp.float32
 
     # ---------------------------------------------------------------- config helpers
@@ -469,6 +480,8 @@ class UNet(nn.Module):
         for i in self.ref_blocks:
             if f"up_{i}" not in attn:
                 raise ValueError(f"UNet.ref_blocks: up block {i} has no attention to host a reference context")
+        if self.remat and not hasattr(jax.checkpoint_policies, self.remat_policy):
+            raise ValueError(f"UNet.remat_policy {self.remat_policy!r} is not in jax.checkpoint_policies")
         if self.ref_dims is not None and len(self.ref_dims) != len(self.ref_blocks):
             raise ValueError("UNet.ref_dims must have one entry per ref_blocks entry")
 
@@ -496,7 +509,8 @@ class UNet(nn.Module):
         return _BlockCfg(channels, num_layers, has_attn, heads, self.norm_num_groups, self.norm_eps,
                          self.resnet_time_scale_shift, self.transformer_layers_per_block,
                          self.only_cross_attention, self._extras_for(block) if has_attn else (),
-                         self.dropout, self.attention_backend)
+                         self.dropout, self.attention_backend,
+                         remat=self.remat_policy if self.remat else None)
 
     def setup(self):
         self._validate()
@@ -632,6 +646,8 @@ class UNet(nn.Module):
         block_temb = fused if self.resnet_time_scale_shift != "default_ada" else temb
         text, text_mask, extra, ref_ctx = self._contexts(cond, B)
         control = cond.get("attn_control", cond.get("control"))
+        if control is not None and self.remat:
+            raise ValueError("UNet: attn_control is not supported with remat=True")
         h = self.conv_in(x.astype(self.dtype))
         skips = [h]
         feats = []

@@ -270,6 +270,10 @@ def token_pca_of(config, workdir: str | None = None):
         pca = token_pca.load(saved)
         if pca.k != k:
             raise ConfigError(f"{saved} holds a {pca.k}-direction token PCA but config.data.token_pca={k}")
+        patch = int(config.data.get("patch_frames", 1) or 1)
+        if pca.patch_frames != patch:
+            raise ConfigError(f"{saved} holds a token PCA of {pca.patch_frames}-frame patches but "
+                              f"config.data.patch_frames={patch} (a base run's PCA needs its patch size)")
     else:
         data_dir = config.data.precomputed_dir
         if not data_dir or not os.path.isdir(data_dir):
