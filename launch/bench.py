@@ -23,7 +23,7 @@ What is measured (every number is the **median** of ``--repeats`` timed runs aft
   ``config.optimizer.trainable = ("lora/.*",)``) for the DiT and the U-Net above (random init), same train
   step as ``train``. Per variant: step time, trained params (count, fraction of all params), optimizer-state
   bytes, and peak memory twice: XLA ``memory_analysis`` of the compiled step (argument + output + temp -
-  alias) and ``ru_maxrss`` of a fresh subprocess that ran only that variant (``LORA_MEMORY_NOTE``).
+  alias) and the peak RSS (VmHWM) of a fresh subprocess that ran only that variant (``LORA_MEMORY_NOTE``).
   Each JAX train/sample row also has ``compile_s`` (trace + lower + compile; small when the persistent
   compilation cache, on by default as for every ``launch.*`` command, already holds the program) and
   :func:`compiled_memory` (``compiled_peak_bytes``: XLA's argument + output + temp - alias of that program);
@@ -548,10 +548,10 @@ LORA_VARIANTS = ("full", "lora")
 LORA_MEMORY_NOTE = {
     "compiled_peak_bytes": "XLA memory_analysis() of the compiled, donated train step: argument + output + "
                            "temp - alias bytes (what the step itself holds: state, batch, activations, grads)",
-    "rss_peak_bytes": "resource.getrusage(RUSAGE_SELF).ru_maxrss of a fresh subprocess that ran only this "
+    "rss_peak_bytes": "peak resident set (VmHWM) of a fresh subprocess that ran only this "
                       "variant (build, init, compile, timing): the whole process, incl. the JAX runtime and "
                       "the XLA compiler",
-    "rss_before_compile_bytes": "the same ru_maxrss in that subprocess after building the params and the "
+    "rss_before_compile_bytes": "the same VmHWM in that subprocess after building the params and the "
                                 "train state, before compiling the step",
 }
 
@@ -632,6 +632,16 @@ def _n_bytes(tree) -> int:
 
 
 def _max_rss_bytes() -> int:
+    """This process's peak resident set: ``VmHWM`` of /proc/self/status (the high-water mark of this program's
+    own memory map), else ``ru_maxrss``. Not ``ru_maxrss`` first: Linux carries it across fork + exec, so a
+    subprocess started by a 3 GiB parent reports at least 3 GiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024                     # kB
+    except OSError:
+        pass
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024   # Linux: KiB

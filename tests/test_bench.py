@@ -191,3 +191,18 @@ def test_scaling_suite_writes_rows_json_and_plot(tmp_path, monkeypatch, capsys):
     assert rows[2]["flops"] > 1.5 * rows[0]["flops"]          # twice the clip, about twice the work
     png = tmp_path / "scaling.png"
     assert res["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rss_of_a_fresh_subprocess_is_its_own():
+    """ru_maxrss survives fork + exec on Linux: a child of a big parent would report the parent's peak. The
+    bench reads VmHWM, the child's own high-water mark."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("no /proc")
+    big = np.ones(400 * 2**20 // 8)        # the parent holds 400 MiB
+    big[::4096] += 1
+    code = "from launch.bench import _max_rss_bytes; print(_max_rss_bytes())"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    child = int(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                               check=True).stdout.split()[-1])
+    assert bench._max_rss_bytes() > 400 * 2**20 > 4 * child, (bench._max_rss_bytes(), child)
+    del big
