@@ -222,3 +222,19 @@ def test_vae_representation_reencodes_the_lm_audio_with_the_system_codec():
     assert z.shape == (2, lat.shape[2], lat.shape[1] * lat.shape[3]) and np.isfinite(z).all()
     with pytest.raises(ConfigError, match="system codec"):
         acoustic_from_tokens(lm, tokens, "vae")
+
+
+def test_the_lm_text_encoder_is_built_once_per_loaded_lm(monkeypatch):
+    """Generating acoustics for many prompts must not rebuild (reload) the LM's text encoder each call."""
+    import ml_collections
+
+    from tta_jax.conditioners.dcldm import AcousticLM
+    from tta_jax.text import registry
+
+    built = []
+    real = registry.build_text_encoder
+    monkeypatch.setattr(registry, "build_text_encoder", lambda s, *a, **k: built.append(s) or real(s, *a, **k))
+    config = ml_collections.ConfigDict({"text": {"name": "bytes", "max_len": 8}})
+    lm = AcousticLM(config, None, None, None, 4, "")
+    first = lm.text_encoder
+    assert lm.text_encoder is first and len(built) == 1

@@ -39,6 +39,7 @@ Choices where the paper is silent:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Mapping
@@ -93,6 +94,13 @@ class AcousticLM:
     @property
     def frame_rate(self) -> float:
         return self.sample_rate / self.codec_cfg.hop_length
+
+    @functools.cached_property
+    def text_encoder(self):
+        """The LM run's text encoder (``config.text``), built once per loaded LM (not once per generation)."""
+        from tta_jax.text.registry import build_text_encoder
+
+        return build_text_encoder(self.config.text)
 
 
 def load_acoustic_lm(workdir: str, where: str = "config.conditioner.lm_workdir") -> AcousticLM:
@@ -171,7 +179,6 @@ def lm_tokens(lm: AcousticLM, captions, frames: int, options: Mapping[str, Any],
 
     from tta_jax.lm.generate import generate
     from tta_jax.lm.options import check_sampling, lm_config_of, sampling_options_of
-    from tta_jax.text.registry import build_text_encoder
 
     cfg = lm_config_of(lm.config)
     limit = cfg.max_len - lm.num_codebooks + 1
@@ -182,7 +189,7 @@ def lm_tokens(lm: AcousticLM, captions, frames: int, options: Mapping[str, Any],
     opts = check_sampling(**{**opts, **{k: options[k] for k in opts if options.get(k) is not None}},
                           where="config.conditioner.lm")
     scale = float(options["guidance"] if options.get("guidance") is not None else lm.config.sampler.guidance_scale)
-    text = build_text_encoder(lm.config.text)
+    text = lm.text_encoder
     cond = text.encode([str(c) for c in captions])
     null = {}
     if scale != 1.0:
