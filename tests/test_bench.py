@@ -206,3 +206,15 @@ def test_rss_of_a_fresh_subprocess_is_its_own():
                                check=True).stdout.split()[-1])
     assert bench._max_rss_bytes() > 400 * 2**20 > 4 * child, (bench._max_rss_bytes(), child)
     del big
+
+
+def test_profile_suite_attributes_the_unet_step_to_its_parts(monkeypatch):
+    """`launch.bench profile` at a tiny U-Net: op time per model part, forward and backward of the U-Net and the
+    optimizer update all present, shares summing to one."""
+    monkeypatch.setattr(bench, "_lora_sizes", lambda quick: TINY_LORA)
+    prof = bench.bench_profile(quick=True, calls=1, families=("unet",))["unet"]
+    layers = {p["layer"].split()[0] for p in prof["layers"]}
+    assert {"fwd", "bwd", "update"} <= layers, layers
+    assert any("resnets_*" in p["layer"] for p in prof["layers"])
+    assert sum(p["frac"] for p in prof["parts"]) == pytest.approx(1.0)
+    assert prof["model"].startswith("unet 8") and prof["total_ms"] > 0
