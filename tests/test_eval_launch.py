@@ -1,13 +1,18 @@
 """launch.evaluate end to end on two small folders (random-weight checkpoints written by the test)."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import optimised_env
 
 from launch import evaluate
 from tta_jax.eval import suite
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_clips(d, names, sr, seed, seconds=1.2):
@@ -180,10 +185,15 @@ def test_evaluate_two_folders_with_random_weights(tmp_path, monkeypatch):
     _write_clips(tmp_path / "ref", names[2:] + ["other_a", "other_b"], 22050, 1, seconds=1.0)
     _fake_cnn14(str(tmp_path / "cnn14.safetensors"))
     _fake_vggish(str(tmp_path / "vggish.safetensors"))
-    rep = evaluate.main(["--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "ref"),
-                         "--out", str(tmp_path / "report.json"), "--cnn14", str(tmp_path / "cnn14.safetensors"),
-                         "--vggish", str(tmp_path / "vggish.safetensors"), "--kid_subsets", "5",
-                         "--batch", "12"])
+    # full-size random networks: run time dominates, so launch.evaluate runs as a command at full XLA optimisation
+    p = subprocess.run([sys.executable, "-m", "launch.evaluate", "--generated", str(tmp_path / "gen"),
+                        "--reference", str(tmp_path / "ref"), "--out", str(tmp_path / "report.json"),
+                        "--cnn14", str(tmp_path / "cnn14.safetensors"), "--vggish", str(tmp_path / "vggish.safetensors"),
+                        "--kid_subsets", "5", "--batch", "12"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env=optimised_env(**{suite.WEIGHTS_ENV: str(tmp_path / "none")}))
+    assert p.returncode == 0, p.stderr[-3000:]
+    with open(tmp_path / "report.json") as f:
+        rep = json.load(f)
     m = rep["metrics"]
     for k in ("fd_panns", "kid_panns_mean", "kl_softmax", "kl_sigmoid", "is_panns_mean", "fad_vggish"):
         assert k in m and np.isfinite(m[k]), k
@@ -194,7 +204,7 @@ def test_evaluate_two_folders_with_random_weights(tmp_path, monkeypatch):
     # identical folders give FD ~ 0 (their first 4 clips: --limit)
     rep2 = evaluate.main(["--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "gen"),
                           "--out", str(tmp_path / "same.json"), "--cnn14", str(tmp_path / "cnn14.safetensors"),
-                          "--kid_subsets", "2", "--limit", "4"])
+                          "--kid_subsets", "2", "--limit", "4"])   # 4 clips: in process (-O0) is cheaper
     assert rep2["protocol"]["pairing"]["pairs"] == 4
     assert abs(rep2["metrics"]["fd_panns"]) < 1e-3 * m["fd_panns"]
     assert rep2["metrics"]["kl_softmax"] < 1e-4
