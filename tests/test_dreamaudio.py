@@ -1,5 +1,6 @@
 """DreamAudio: the MRC reference path on both backbones, reference masking, the registry/sampling inputs, the
 loader's reference augmentation and rectified flow on a Gaussian (closed-form velocity field)."""
+import functools
 import os
 
 import jax
@@ -96,6 +97,59 @@ def test_zero_to_k_references_one_compile(system):
     assert f._cache_size() == 1
     for k in range(1, K + 1):
         assert np.abs(outs[k] - outs[0]).max() > 1e-3
+
+
+def _convs(jaxpr, in_loop=False, tally=None):
+    """Convolutions of a jaxpr -> {False: outside any loop, True: inside a while/scan body}."""
+    tally = {False: 0, True: 0} if tally is None else tally
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            tally[in_loop] += 1
+        loop = in_loop or eqn.primitive.name in ("while", "scan")
+        for v in eqn.params.values():
+            for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    _convs(sub, loop, tally)
+    return tally
+
+
+def test_prepared_references_give_the_same_output_and_leave_the_sampling_loop(system):
+    """``Denoiser.prepare`` computes the reference features once: applying the net to the prepared condition
+    equals applying it to the raw one, and the Generator's sampling loop no longer runs the reference encoder
+    (its convolutions move out of the loop body; U-Net)."""
+    from tta_jax.denoisers.factory import Denoiser
+    from tta_jax.pipelines import tta
+
+    family, _, shape, den, params = system
+    x, t, cond = _inputs(shape, 6)
+    cond["reference_mask"] = jnp.array([[True, True, False], [True, False, False]])
+    prepared = jax.jit(den.prepare)(params, cond, x)
+    assert "refs" in prepared and not {"ref_latent", "ref_text", "reference_mask"} & set(prepared)
+    want = jax.jit(den.apply)(params, x, t, cond)
+    np.testing.assert_allclose(np.asarray(jax.jit(den.apply)(params, x, t, prepared)), np.asarray(want), atol=1e-6)
+    if family != "unet":
+        return
+    gen = tta.Generator(den, D.make_schedule("scaled_linear", prediction_type="flow"), D.SamplerConfig("euler", 3),
+                        guidance_scale=2.0)
+    uncond = {"text": jnp.zeros((1, L, DT)), "text_mask": jnp.ones((1, L), bool),
+              "reference_mask": jnp.zeros((1, K), bool)}
+    c, u = gen._prepare(cond, uncond)
+    key = jax.random.PRNGKey(0)
+    # a new partial per trace: make_jaxpr caches traces by function
+    with_prepare = _convs(jax.make_jaxpr(functools.partial(gen._generate, shape=shape))(params, c, u, key).jaxpr)
+    out = np.asarray(gen.generate(params, cond, uncond, key, shape))
+    orig = Denoiser.prepare
+    try:
+        Denoiser.prepare = lambda self, params, cond, x=None: dict(cond)    # the per-step path
+        jax.clear_caches()      # equal Generators share jax's trace and compile caches
+        without = _convs(jax.make_jaxpr(functools.partial(gen._generate, shape=shape))(params, c, u, key).jaxpr)
+        slow = np.asarray(tta.Generator(gen.denoiser, gen.schedule, gen.sampler, guidance_scale=2.0).generate(
+            params, cond, uncond, key, shape))
+    finally:
+        Denoiser.prepare = orig
+    np.testing.assert_allclose(out, slow, atol=1e-5)
+    assert with_prepare[True] < without[True] and with_prepare[False] > without[False], (with_prepare, without)
 
 
 def test_fresh_reference_layers_leave_a_pretrained_net_unchanged(system):

@@ -52,6 +52,22 @@ def test_zero_initialised_adapter_leaves_the_base_unet_unchanged(models):
     assert float(jnp.abs(apply_serst(bumped, cond) - want).max()) > 1e-4
 
 
+def test_prepared_style_gives_the_same_output(models):
+    """``Denoiser.prepare`` computes the style once (what the sampler does before its loop): the net on the
+    prepared condition equals the net on the raw one; passing both a style and references is refused."""
+    _, serst, _, p = models
+    bumped = jax.tree_util.tree_map_with_path(lambda q, v: v + 0.05 if "ada1" in jax.tree_util.keystr(q) else v, p)
+    x = jax.random.normal(jax.random.PRNGKey(3), (2,) + SHAPE)
+    t = jnp.array([3, 700])
+    cond = _cond(2, jax.random.PRNGKey(4), jnp.array([[True, False], [True, True]]))
+    prepared = jax.jit(serst.prepare)(bumped, cond, x)
+    assert prepared["style"].shape == (2, 32) and "reference" not in prepared
+    f = jax.jit(lambda c: serst.apply(bumped, x, t, c))
+    np.testing.assert_allclose(np.asarray(f(prepared)), np.asarray(f(cond)), atol=1e-5)   # float32 fusion: ~2e-6
+    with pytest.raises(ValueError, match="one or the other"):
+        serst.apply(bumped, x, t, dict(cond, style=prepared["style"]))
+
+
 def test_style_is_zero_without_references_and_any_k_works(models):
     from tta_jax.conditioners.serst import StyleAdapter, encoder_config
 

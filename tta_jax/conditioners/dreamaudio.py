@@ -123,28 +123,33 @@ class MultiReference(nn.Module):
     ref_blocks: tuple[int, ...]
     n_scales: int
 
-    @nn.compact
-    def __call__(self, x, t, cond, train: bool = False):
+    def prepare(self, cond, train: bool = False, like=None):
+        """``cond`` with :data:`REFERENCE_KEYS` -> ``cond`` with ``refs`` (the reference encoder's per-scale
+        features, masked) instead. The features do not depend on x_t or t, so a sampler computes them once
+        (:meth:`tta_jax.denoisers.factory.Denoiser.prepare`) and every step's call passes them through.
+        ``like``: an x_t [B, ...] for the dummy references of ``init``."""
         cond = dict(cond)
         if "refs" in cond:
-            raise ValueError("cond['refs'] is computed by DreamAudio's reference path from cond['ref_latent']; "
-                             "do not pass it")
+            if any(k in cond for k in REFERENCE_KEYS):
+                raise ValueError("cond['refs'] is computed by DreamAudio's reference path from cond['ref_latent']; "
+                                 "pass one or the other")
+            return cond     # prepared already
         lat = cond.pop("ref_latent", None)
         txt = cond.pop("ref_text", None)
         tmask = cond.pop("ref_text_mask", None)
         rmask = cond.pop("reference_mask", None)
-        B = x.shape[0]
+        B = jnp.shape(cond["text"])[0] if like is None else like.shape[0]
         if lat is None or txt is None:
-            if not self.is_initializing():
+            if not self.is_initializing() or like is None:
                 raise ValueError("cond needs 'ref_latent' [B, K, ...] and 'ref_text' [B, K, L, D] (DreamAudio); "
                                  "pass reference_mask all False for no reference")
-            lat = jnp.zeros((B, 1) + x.shape[1:], x.dtype)
+            lat = jnp.zeros((B, 1) + like.shape[1:], like.dtype)
             txt = jnp.zeros((B, 1) + jnp.shape(cond["text"])[1:], jnp.float32)
         lat, txt = jnp.asarray(lat), jnp.asarray(txt)
-        if lat.shape[0] != B or lat.ndim != x.ndim + 1 or lat.shape[2:-2] != x.shape[1:-2] \
-                or lat.shape[-1] != x.shape[-1]:
-            raise ValueError(f"cond['ref_latent'] must be [B={B}, K, *latent] like x_t {x.shape} (any length), "
-                             f"got {lat.shape}")
+        if lat.shape[0] != B or (like is not None and (lat.ndim != like.ndim + 1 or lat.shape[2:-2] != like.shape[1:-2]
+                                                       or lat.shape[-1] != like.shape[-1])):
+            raise ValueError(f"cond['ref_latent'] must be [B={B}, K, *latent] like x_t "
+                             f"{None if like is None else like.shape} (any length), got {lat.shape}")
         K = lat.shape[1]
         if txt.ndim != 4 or txt.shape[:2] != (B, K):
             raise ValueError(f"cond['ref_text'] must be [B={B}, K={K}, L, D], got {txt.shape}")
@@ -164,7 +169,11 @@ class MultiReference(nn.Module):
         if len(feats) != self.n_scales:
             raise ValueError(f"the reference encoder gave {len(feats)} scales, the decoder has {self.n_scales}")
         cond["refs"] = dit_refs_from_encoder_features(_scale_features(feats, B, K), self.ref_blocks, mask=rmask)
-        return self.net(x, t, cond, train=train)
+        return cond
+
+    def __call__(self, x, t, cond, train: bool = False):
+        """x_t [B, ...], t [B], cond with :data:`REFERENCE_KEYS` (or already prepared) -> the net's output."""
+        return self.net(x, t, self.prepare(cond, train=train, like=x), train=train)
 
 
 def _ref_blocks(den) -> tuple[tuple[int, ...], int]:

@@ -96,23 +96,34 @@ class ReferenceStyled(nn.Module):
     encoder: Any
     heads: int = 16
 
-    @nn.compact
-    def __call__(self, x, t, cond, train: bool = False):
+    def setup(self):
+        self.conditioner = StyleAdapter(self.encoder, self.heads)
+
+    def prepare(self, cond, train: bool = False, like=None):
+        """``cond`` with :data:`REFERENCE_KEYS` -> ``cond`` with ``style`` [B, D] instead. The style does not
+        depend on x_t or t, so a sampler computes it once (:meth:`tta_jax.denoisers.factory.Denoiser.prepare`)
+        and every step's call passes it through. ``like``: an x_t [B, ...] for the dummy reference of ``init``."""
         cond = dict(cond)
         if "style" in cond:
-            raise ValueError("cond['style'] is computed by the SERST adapter from cond['reference']; do not pass it")
+            if any(k in cond for k in REFERENCE_KEYS):
+                raise ValueError("cond['style'] is computed by the SERST adapter from cond['reference']; pass one "
+                                 "or the other")
+            return cond     # prepared already
         ref = cond.pop("reference", None)
         rmask = cond.pop("reference_mask", None)
         if ref is None:
-            if not self.is_initializing():
+            if not self.is_initializing() or like is None:
                 raise ValueError("cond has no 'reference' [B, K, T, M]: this denoiser is conditioned on reference "
                                  "audio (pass reference_mask all False for none)")
-            ref = jnp.zeros((x.shape[0], 1, 8, self.encoder.n_mels))
+            ref = jnp.zeros((like.shape[0], 1, 8, self.encoder.n_mels))
         if "text" not in cond:
             raise ValueError(f"the SERST adapter reads the text states cond['text']; cond has {sorted(cond)}")
-        cond["style"] = StyleAdapter(self.encoder, self.heads, name="conditioner")(
-            cond["text"], cond.get("text_mask"), ref, rmask)
-        return self.net(x, t, cond, train=train)
+        cond["style"] = self.conditioner(cond["text"], cond.get("text_mask"), ref, rmask)
+        return cond
+
+    def __call__(self, x, t, cond, train: bool = False):
+        """x_t [B, ...], t [B], cond with :data:`REFERENCE_KEYS` (or already prepared) -> the net's output."""
+        return self.net(x, t, self.prepare(cond, train=train, like=x), train=train)
 
 
 def with_serst(den, section: Mapping[str, Any], where: str = "config.conditioner"):

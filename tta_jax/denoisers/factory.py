@@ -64,6 +64,15 @@ class Denoiser:
             kw["method"] = method
         return self.module.apply({"params": params}, x_t, t, cond, train=train, **kw)
 
+    def prepare(self, params, cond, x=None):
+        """``cond`` -> the same condition with its parts that depend on neither x_t nor t computed once (a
+        conditioner's reference features: modules with a ``prepare(cond, train, like)`` method), so that
+        ``apply(params, x, t, prepare(params, cond))`` equals ``apply(params, x, t, cond)`` and a sampler pays
+        for them once, not at every step. ``x``: an x_t [B, ...] (its shape only)."""
+        if not callable(getattr(self.module, "prepare", None)):
+            return dict(cond)
+        return self.module.apply({"params": params}, cond, train=False, like=x, method="prepare")
+
     def init(self, rng, latent_shape: tuple, context_len: int = 1, example_cond: Mapping[str, Any] | None = None):
         """Params (logically boxed) for one example of ``latent_shape`` ([T, C] or [H, T, C]) and a text
         context of ``context_len`` tokens, with every configured conditioning path created.

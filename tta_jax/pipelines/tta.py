@@ -522,6 +522,9 @@ class Generator:
         if model_mask:  # EzAudio: the network sees the clean part
             cond = dict(cond, mask=mask, masked_latent=masked_latent)
         uncond = {**cond, **uncond}
+        # conditions that depend on neither x_t nor t (reference features): computed once, outside the loop
+        cond = self.denoiser.prepare(params, cond, x_T)
+        uncond = self.denoiser.prepare(params, uncond, x_T)
         post = None
         if mask is not None and (not model_mask if opts.repaint is None else opts.repaint):
             known = time_mask_like(mask, x_T) < 0.5   # RePaint: keep the known region on the source's path
