@@ -4,6 +4,7 @@ Tests run on the CPU. Eight host devices are simulated so that sharding tests ca
 everything else sees them as ordinary devices and uses the first one.
 """
 import os
+import shutil
 import tempfile
 
 # XLA's LLVM back end at -O0: the tests' programs are tiny and mostly compiled once, so compile time, not run
@@ -30,6 +31,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # launch.* subprocesses share one persistent compilation cache per test run (both xdist workers), not ~/.cache
 _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+_OWN_COMPILE_CACHE = "TTA_JAX_COMPILE_CACHE" not in os.environ   # xdist workers inherit the controller's
 os.environ.setdefault("TTA_JAX_COMPILE_CACHE", os.path.join(tempfile.gettempdir(), f"tta_jax_test_jit_cache_{_RUN}"))
 
 import jax  # noqa: E402
@@ -41,6 +43,13 @@ if os.environ.get("TTA_JAX_TEST_INPROCESS_CACHE", "1") != "0":
     # closure each time), which misses jax's in-memory cache but hits the persistent one (keyed by the program)
     jax.config.update("jax_compilation_cache_dir", os.environ["TTA_JAX_COMPILE_CACHE"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def pytest_unconfigure(config):
+    """The run's compilation cache goes with the run (removed by the process that made it, after every xdist
+    worker is done); a directory the user named in TTA_JAX_COMPILE_CACHE is kept."""
+    if _OWN_COMPILE_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(os.environ["TTA_JAX_COMPILE_CACHE"], ignore_errors=True)
 
 
 def max_rel_err(a, b) -> float:
