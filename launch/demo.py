@@ -68,25 +68,6 @@ def prompt_set() -> tuple[list[str], list[tuple[str, ...]]]:
     return prompts, families
 
 
-class BudgetGuard:
-    """Preemption guard that also stops (and checkpoints) after a wall-clock budget."""
-
-    def __init__(self, seconds: float):
-        from tta_jax.train.preemption import PreemptionGuard
-
-        self._inner = PreemptionGuard()
-        self._deadline = time.time() + seconds
-
-    def __enter__(self):
-        self._inner.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._inner.__exit__(*exc)
-
-    def should_stop(self, step: int) -> bool:
-        return self._inner.should_stop(step) or time.time() > self._deadline
-
 
 def precompute(out_dir: str, num_clips: int, system) -> str:
     """The embedded dataset encoded with the system config's own codec and text encoder (``system.codec``,
@@ -120,6 +101,8 @@ def train(config, workdir: str, minutes: float):
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
     t0 = time.time()
+    from tta_jax.train.preemption import BudgetGuard
+
     res = run_train(config, workdir, guard=BudgetGuard(minutes * 60))
     log.info("train: steps %d -> %d (%s) in %.1f min", res.start_step, res.step, res.reason,
              (time.time() - t0) / 60)

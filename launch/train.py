@@ -51,6 +51,8 @@ _CPU_COLLECTIVES = flags.DEFINE_enum("cpu_collectives", "gloo", ["gloo", "mpi"],
                                      "Cross-process collectives of CPU devices "
                                      "(jax_cpu_collectives_implementation).")
 _ORBAX_INFO = flags.DEFINE_bool("orbax_info_logs", False, "Show Orbax's INFO logs (very verbose).")
+_MINUTES = flags.DEFINE_float("train_minutes", 0.0, "Wall-clock budget: checkpoint and stop after this many minutes "
+                              "(0: none; single process). Re-running with the same --workdir resumes.")
 
 EXIT_NONFINITE = 3
 
@@ -124,8 +126,15 @@ def main(argv):
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
+    guard = None
+    if _MINUTES.value > 0:
+        if jax.process_count() > 1:
+            raise app.UsageError("--train_minutes is for single-process runs (each process reads its own clock)")
+        from tta_jax.train.preemption import BudgetGuard
+
+        guard = BudgetGuard(_MINUTES.value * 60)
     try:
-        result = train(config, workdir)
+        result = train(config, workdir, guard=guard)
     except NonFiniteError as e:
         logging.error("%s", e)
         sys.stdout.flush()

@@ -277,6 +277,63 @@ def test_ode_sampling_transports_noise_to_the_gaussian(name, steps, tol):
     assert abs(out.mean() - MU) < tol and abs(out.std() - S) < tol
 
 
+# ------------------------------------------------------------------------------------------- token space
+def _token_pca(c=4, p=2, k=3):
+    from tta_jax.codecs import token_pca
+
+    return token_pca.fit([np.random.default_rng(0).normal(size=(64, p * c)) * np.arange(1, p * c + 1)], k, p)
+
+
+def test_reference_latents_move_to_the_token_space_with_the_target():
+    """DreamAudio's spec names ``ref_latent`` a codec latent: ``patch_batch`` patches it and applies the token
+    PCA per reference like the target, dropping the frames past the last whole patch."""
+    from tta_jax.pipelines.tta import patch_batch, patchify
+
+    assert reference_spec_of(SECTION)["latent_keys"] == ("ref_latent",)
+    pca = _token_pca()
+    rng = np.random.default_rng(1)
+    batch = {"latent": rng.normal(size=(B, 12, 4)).astype(np.float32),
+             "ref_latent": rng.normal(size=(B, K, 7, 4)).astype(np.float32)}
+    out = patch_batch(batch, 2, pca, ("ref_latent",))
+    assert out["latent"].shape == (B, 6, 3) and out["ref_latent"].shape == (B, K, 3, 3)
+    for k in range(K):
+        want = pca.encode(patchify(jnp.asarray(batch["ref_latent"][:, k, :6]), 2))
+        np.testing.assert_allclose(np.asarray(out["ref_latent"][:, k]), np.asarray(want), rtol=1e-6, atol=1e-6)
+    assert patch_batch(batch, 2, pca)["ref_latent"] is batch["ref_latent"]        # not named: untouched
+    image = {"latent": np.zeros((B, 8, 12, 4)), "ref_latent": np.zeros((B, K, 8, 6, 4))}
+    assert patch_batch(image, 1, None, ("ref_latent",))["ref_latent"] is image["ref_latent"]
+
+
+def test_flow_loss_reads_codec_space_references_on_a_patched_dit():
+    """The task's loss on a DiT with 2-frame tokens and a token PCA takes references in the codec's space
+    (what precompute stores): the same loss as a plain-token loss fed the references tokenised by hand."""
+    from configs.dreamaudio import get_config
+    from tta_jax.pipelines.tta import denoiser_of, make_loss_fn, patch_batch
+
+    c = get_config("demo_dit")
+    c.model = dict(_dit_fields(), in_channels=3, out_channels=3)
+    c.conditioner.reference.count = K
+    c.data.patch_frames, c.data.token_pca = 2, 3
+    den = denoiser_of(c)
+    pca = _token_pca()
+    rng = np.random.default_rng(2)
+    batch = {"latent": rng.normal(size=(B, 12, 4)).astype(np.float32),
+             "ref_latent": rng.normal(size=(B, K, 9, 4)).astype(np.float32),
+             "ref_text": rng.normal(size=(B, K, L, DT)).astype(np.float32),
+             "ref_text_mask": np.ones((B, K, L), bool), "reference_mask": np.ones((B, K), bool),
+             "text": rng.normal(size=(B, L, DT)).astype(np.float32), "text_mask": np.ones((B, L), bool)}
+    params = _random_params(den, (6, 3))
+    got, _ = jax.jit(make_loss_fn(den, c, pca))(params, batch, jax.random.PRNGKey(3))
+    tokens = patch_batch(batch, 2, pca, ("ref_latent",))
+    c.data.patch_frames, c.data.token_pca = 1, 0
+    want, _ = jax.jit(make_loss_fn(den, c, None))(params, tokens, jax.random.PRNGKey(3))
+    assert np.isfinite(float(got))
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    off, _ = jax.jit(make_loss_fn(den, c, None))(params, dict(tokens, reference_mask=np.zeros((B, K), bool)),
+                                                 jax.random.PRNGKey(3))
+    assert abs(float(off) - float(want)) > 1e-4          # the references reach the loss
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):

@@ -129,6 +129,19 @@ def test_sigterm_saves_restorable_checkpoint(tmp_path):
                                   res.state.ema_params["params"]["mlp_in"]["kernel"])
 
 
+def test_wall_clock_budget_checkpoints_and_stops(tmp_path):
+    """``launch.train --train_minutes`` / ``launch.demo``: a spent budget stops the run after its first step with
+    a checkpoint (reason "preempted"), like a SIGTERM; an unspent one does not stop it."""
+    from tta_jax.train.preemption import BudgetGuard
+
+    assert not BudgetGuard(3600).should_stop(1)
+    cfg = tiny_config(total_steps=50, ckpt_every=100)
+    res = loop.train(cfg, str(tmp_path), task=toy.build(cfg, loop.make_mesh_from_config(cfg.mesh)),
+                     guard=BudgetGuard(0.0))
+    assert res.reason == "preempted" and res.step == 1
+    assert Checkpointer(str(tmp_path / "checkpoints")).latest_step() == 1
+
+
 @pytest.mark.slow  # ~20 s CPU: compiles for two meshes + Orbax's replica-parallel slicing
 def test_restore_onto_smaller_mesh_and_continue(tmp_path):
     assert jax.device_count() == 8

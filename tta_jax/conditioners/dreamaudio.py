@@ -73,6 +73,7 @@ def reference_spec(section: Mapping[str, Any]) -> dict:
     return {"seconds": float(r.get("seconds", 2.5)), "count": count, "sample_rate": None, "captions": True,
             "fixed_count": True, "concept_drop": float(a.get("concept_drop", 0.4)),
             "content_mask": float(a.get("content_mask", 0.1)), "content_keys": ("ref_latent",),
+            "latent_keys": ("ref_latent",),
             "features": ("ref_latent", "ref_text", "ref_text_mask")}
 
 

@@ -14,7 +14,8 @@ encodes references with the system's own codec), ``captions`` (whether each refe
 ``fixed_count`` (K slots always, fewer references masked: the model takes 0..K) and
 the loader's reference augmentation: ``concept_drop`` (p of dropping each reference on its own),
 ``content_mask`` (fraction of frames zeroed, one span per reference, along axis -2 of the features named in
-``content_keys``); ``features``: the names the feature function returns; ``target``: the one "reference" is the example itself (its own clip and caption in
+``content_keys``); ``latent_keys``: the features that are latents of the system codec ([K, T, C] per example),
+which the task and the sampler move to the denoiser's token space (patches, token PCA) as they do the target; ``features``: the names the feature function returns; ``target``: the one "reference" is the example itself (its own clip and caption in
 training; at sampling the features come from the prompt alone, e.g. DC-LDM's LM). The feature names are the cond keys the wrapped denoiser reads (precompute stores them as
 ``ref:<name>`` [K, ...]; the loader emits ``<name>`` [B, K, ...] and ``reference_mask`` [B, K]).
 
@@ -34,7 +35,7 @@ from tta_jax.errors import ConfigError
 
 
 SPEC_DEFAULTS = {"sample_rate": None, "captions": False, "fixed_count": False, "concept_drop": 0.0,
-                 "content_mask": 0.0, "content_keys": (), "target": False, "features": ()}
+                 "content_mask": 0.0, "content_keys": (), "latent_keys": (), "target": False, "features": ()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -172,16 +172,35 @@ def patch_mask(mask: jax.Array, p: int) -> jax.Array:
     return mask.reshape(b, t // p, p).max(axis=-1)
 
 
-def patch_batch(batch: Mapping[str, Any], p: int, pca=None) -> dict[str, Any]:
+def to_tokens(x: jax.Array, p: int, pca=None, *, crop: bool = False) -> jax.Array:
+    """Sequence latents [..., T, C] in the codec's space -> the denoiser's tokens [..., T/p, p*C] (or
+    [..., T/p, k] through ``pca``, a :class:`tta_jax.codecs.token_pca.TokenPCA`); leading axes are kept
+    (e.g. K references [B, K, T, C]). ``crop``: drop the last ``T % p`` frames instead of refusing them (a
+    reference clip's length need not be a multiple of the patch)."""
+    x = jnp.asarray(x)
+    lead, (t, c) = x.shape[:-2], x.shape[-2:]
+    if crop:
+        t -= t % p
+        x = x[..., :t, :]
+    y = patchify(x.reshape((-1, t, c)), p)
+    if pca is not None:
+        y = pca.encode(y)
+    return y.reshape(lead + y.shape[1:])
+
+
+def patch_batch(batch: Mapping[str, Any], p: int, pca=None, latent_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Loader batch -> token batch: latent [B, T, C] -> [B, T/p, p*C] (-> [B, T/p, k] through ``pca``, a
-    :class:`tta_jax.codecs.token_pca.TokenPCA`), frame masks -> token masks. Image latents [B, H, T, C]
-    pass unchanged (p = 1, no PCA; checked by :func:`check_latent_space`)."""
+    :class:`tta_jax.codecs.token_pca.TokenPCA`), frame masks -> token masks. ``latent_keys``: other keys
+    holding sequence latents of the same codec with leading axes (DreamAudio's ``ref_latent`` [B, K, T_r, C];
+    the conditioner spec's ``latent_keys``), moved to the same token space (their last ``T_r % p`` frames
+    dropped). Image latents [B, H, T, C] pass unchanged (p = 1, no PCA; checked by :func:`check_latent_space`)."""
     out = dict(batch)
     if np.ndim(batch["latent"]) != 3:
         return out
-    out["latent"] = patchify(batch["latent"], p)
-    if pca is not None:
-        out["latent"] = pca.encode(out["latent"])
+    out["latent"] = to_tokens(batch["latent"], p, pca)
+    for k in latent_keys:
+        if k in batch:
+            out[k] = to_tokens(batch[k], p, pca, crop=True)
     for k in ("mask", "latent_valid"):
         if k in batch:
             out[k] = patch_mask(batch[k], p)
@@ -195,6 +214,15 @@ def check_latent_space(config, denoiser: Denoiser) -> None:
             if int(config.data.get(key, off) or off) != off:
                 raise ConfigError(f"config.data.{key}={config.data.get(key)} applies to sequence latents; "
                                   f"config.model.name={denoiser.name!r} denoises image latents (set it to {off})")
+
+
+def reference_latent_keys(config) -> tuple[str, ...]:
+    """The conditioner's cond keys that hold codec latents (registry spec ``latent_keys``; DreamAudio's
+    ``ref_latent``): the task and the sampler move them to the denoiser's token space with the target."""
+    from tta_jax.conditioners.registry import reference_spec_of
+
+    spec = reference_spec_of(config.get("conditioner"))
+    return tuple(spec["latent_keys"]) if spec is not None else ()
 
 
 def time_mask_like(mask: jax.Array, x: jax.Array) -> jax.Array:
@@ -414,8 +442,14 @@ def make_loss_fn(denoiser: Denoiser, config, pca=None):
         raise ValueError(f"config.model.in_channels/out_channels = {denoiser.in_channels}/"
                          f"{denoiser.out_channels}, but config.data.token_pca={pca.k} gives {pca.k}-channel tokens")
 
+    latent_keys = reference_latent_keys(config)
+    t_min = int(d.get("train_t_min", 0) or 0)
+    if t_min and (d.prediction_type == "flow" or not 0 < t_min < schedule.num_train_timesteps):
+        raise ConfigError(f"config.diffusion.train_t_min={t_min}: a DDPM timestep in [1, "
+                          f"{schedule.num_train_timesteps}) (not for flow matching)")
+
     def loss_fn(params, batch, rng):
-        batch = patch_batch(batch, p, pca)
+        batch = patch_batch(batch, p, pca, latent_keys)
         loss_mask = batch.get("latent_valid")
         if "mask" in batch:  # EzAudio: loss only on frames to generate
             loss_mask = batch["mask"] if loss_mask is None else loss_mask * batch["mask"]
@@ -425,7 +459,7 @@ def make_loss_fn(denoiser: Denoiser, config, pca=None):
         return D.diffusion_loss(apply_fn, params, b, rng, schedule,
                                 min_snr_gamma=d.min_snr_gamma or None, min_snr_variant=d.min_snr_variant,
                                 flow_time=flow_time if d.prediction_type == "flow" else None,
-                                error_weight=error_weight)
+                                error_weight=error_weight, t_min=t_min)
 
     return loss_fn
 
@@ -922,6 +956,9 @@ def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, ste
         rc, ru = reference_cond(config.conditioner, references, len(prompts), codec=codec, text=text,
                                 captions=reference_captions)
     if spec is not None:
+        if sm.denoiser.layout != IMAGE:   # reference latents in the denoiser's token space, like the target
+            p = int(config.data.get("patch_frames", 1) or 1)
+            rc.update({k: to_tokens(rc[k], p, sm.pca, crop=True) for k in spec["latent_keys"] if k in rc})
         cond.update({k: jnp.asarray(v) for k, v in rc.items()})
         uncond.update({k: jnp.asarray(v) for k, v in ru.items()})
     elif references or reference_captions:

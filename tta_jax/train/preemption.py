@@ -64,3 +64,25 @@ class PreemptionGuard:
                 log.warning("preemption sync point unavailable (%s); using the local flag", e)
                 self._sync_ok = False
         return self._flag.is_set()
+
+
+class BudgetGuard:
+    """A :class:`PreemptionGuard` that also stops (and checkpoints) after ``seconds`` of wall-clock time
+    (``launch.train --train_minutes``, ``launch.demo``). Single process: each process would read its own clock."""
+
+    def __init__(self, seconds: float):
+        import time
+
+        self._time = time.time
+        self._inner = PreemptionGuard()
+        self._deadline = time.time() + float(seconds)
+
+    def __enter__(self):
+        self._inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._inner.__exit__(*exc)
+
+    def should_stop(self, step: int) -> bool:
+        return self._inner.should_stop(step) or self._time() > self._deadline
