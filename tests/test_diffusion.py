@@ -287,3 +287,21 @@ def test_sampler_config_validation():
         D.sample(lambda x, t: x, jnp.ones((1, 2)), sched, D.SamplerConfig("euler", 4))
     with pytest.raises(ValueError, match="stochastic"):
         D.sample(lambda x, t: x, jnp.ones((1, 2)), sched, D.SamplerConfig("ddpm", 4))
+
+
+def test_diffusion_loss_draws_timesteps_from_t_min():
+    """``t_min`` (``config.diffusion.train_t_min``): every training timestep is in [t_min, N)."""
+    sched = D.make_schedule("scaled_linear", prediction_type="epsilon")
+    seen = []
+
+    def model(params, x_t, t, cond, rng):
+        seen.append(t)
+        return jnp.zeros_like(x_t)
+
+    x0 = jnp.ones((256, 2))
+    D.diffusion_loss(model, None, {"latent": x0}, jax.random.PRNGKey(3), sched, t_min=700)
+    D.diffusion_loss(model, None, {"latent": x0}, jax.random.PRNGKey(3), sched)
+    high, full = np.asarray(seen[0]), np.asarray(seen[1])
+    assert high.min() >= 700 and high.max() <= 999 and full.min() < 100
+    with pytest.raises(ValueError, match="t_min=1000"):
+        D.diffusion_loss(model, None, {"latent": x0}, jax.random.PRNGKey(3), sched, t_min=1000)

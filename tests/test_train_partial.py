@@ -72,3 +72,26 @@ def test_export_subset_and_read_back(tmp_path):
     np.testing.assert_array_equal(back["conditioner"]["attn"]["kernel"], _params()["conditioner"]["attn"]["kernel"])
     with pytest.raises(ConfigError, match="does not exist"):
         partial.read_params(str(tmp_path / "missing"))
+
+
+def test_init_parts_place_a_subtree_of_another_run(tmp_path):
+    """``config.train.init_parts`` entries ("SOURCE[#SUBTREE]@PREFIX"): one subtree of a saved params file lands
+    at the prefix (a pretrained reference encoder inside an adapter), the rest keeps its initialisation."""
+    assert partial.parse_part("runs/enc#encoder@conditioner/encoder") == ("runs/enc", "encoder",
+                                                                          "conditioner/encoder")
+    assert partial.parse_part("/a/b.safetensors@") == ("/a/b.safetensors", "", "")
+    with pytest.raises(ConfigError, match="not 'SOURCE\\[#SUBTREE\\]@PREFIX'"):
+        partial.parse_part("runs/enc#encoder")
+    path = str(tmp_path / "enc.safetensors")
+    src = {"encoder": {"kernel": np.full((4, 4), 3.0, np.float32)}, "prototypes": np.ones((5, 4), np.float32)}
+    partial.export_subset(src, (), path)
+    sub, prefix = partial.read_part(f"{path}#encoder@conditioner/attn")
+    merged, n = partial.merge_pretrained(_params(), sub, prefix, "config.train.init_parts")
+    assert n == 1
+    np.testing.assert_array_equal(merged["conditioner"]["attn"]["kernel"], 3.0)
+    np.testing.assert_array_equal(merged["net"]["conv_in"]["kernel"], _params()["net"]["conv_in"]["kernel"])
+    with pytest.raises(ConfigError, match="SUBTREE='head'.*has no 'head'"):
+        partial.read_part(f"{path}#head@conditioner")
+    with pytest.raises(ConfigError, match="'encoder/kernel' is not in the model.*#SUBTREE"):   # no SUBTREE given
+        partial.merge_pretrained(_params(), partial.read_part(f"{path}@conditioner/attn")[0], "conditioner/attn",
+                                 "config.train.init_parts")

@@ -70,7 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
         zero_terminal_snr=False, prediction_type="epsilon", min_snr_gamma=0.0, min_snr_variant="standard",
         flow_time_sampler="uniform", flow_shift=1.0, cond_drop_prob=0.1, ref_drop_prob=0.1, precondition="none",
         sigma_data=0.5,
-        precondition_loss_power=0.0))
+        precondition_loss_power=0.0,
+        train_t_min=0))                   # DDPM training timesteps drawn from [train_t_min, N) (0: all)
 
     c.sampler = ml_collections.ConfigDict(dict(
         name="ddim", num_steps=50, spacing="leading", eta=0.0, steps_offset=0, set_alpha_to_one=True,

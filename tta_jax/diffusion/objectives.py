@@ -151,7 +151,7 @@ def diffusion_loss(apply_fn: Callable[..., jax.Array], params: Any, batch: Mappi
                    schedule: DiffusionSchedule, *, min_snr_gamma: float | None = None,
                    min_snr_variant: str = "standard", flow_time: Mapping[str, Any] | None = None,
                    apply_kwargs: Mapping[str, Any] | None = None,
-                   error_weight: Callable[[jax.Array, jax.Array], jax.Array] | None = None):
+                   error_weight: Callable[[jax.Array, jax.Array], jax.Array] | None = None, t_min: int = 0):
     """Denoising loss for one batch: ``(scalar, metrics)``. Pure.
 
     Args:
@@ -164,6 +164,8 @@ def diffusion_loss(apply_fn: Callable[..., jax.Array], params: Any, batch: Mappi
       min_snr_gamma: if set, min-SNR weighting (``min_snr_variant``: standard or tango). DDPM only.
       error_weight: optional ``(t [B], x0) -> weights`` broadcastable to x0, multiplying the squared error
         element-wise before the masked mean (e.g. per-channel weights of a preconditioned denoiser).
+      t_min: DDPM timesteps are drawn uniformly from [t_min, N) (0: all); e.g. an adapter trained only where the
+        noise is high enough that the condition decides what is generated.
     """
     x0 = batch["latent"]
     cond = batch.get("cond", {})
@@ -178,7 +180,9 @@ def diffusion_loss(apply_fn: Callable[..., jax.Array], params: Any, batch: Mappi
         tgt = flow_velocity(x0, noise)
         weight = jnp.ones((b,), x0.dtype)
     else:
-        t = jax.random.randint(k_t, (b,), 0, schedule.num_train_timesteps)
+        if not 0 <= t_min < schedule.num_train_timesteps:
+            raise ValueError(f"t_min={t_min} must be in [0, {schedule.num_train_timesteps})")
+        t = jax.random.randint(k_t, (b,), t_min, schedule.num_train_timesteps)
         x_t = add_noise(schedule, x0, noise, t)
         model_t = t
         tgt = target(schedule, x0, noise, t)

@@ -57,6 +57,7 @@ def trainer_config() -> ml_collections.ConfigDict:
         tensorboard=True,
         init_from="",                 # a workdir / .safetensors whose params start a fresh run (train/partial.py)
         init_prefix="",               # where they go in the model's params ("net": the model wraps the old one)
+        init_parts=(),                # more pretrained parts: "SOURCE[#SUBTREE]@PREFIX" each (train/partial.py)
     ))
     return c
 

@@ -277,6 +277,8 @@ def train(config, workdir: str, task: Task | None = None, *, mesh=None,
             state = program.init(jax.random.PRNGKey(config.seed))
         if tc.get("init_from"):  # a fresh run that starts from a pretrained model (adapters on top of it)
             state = start_from_pretrained(state, tc.init_from, tc.get("init_prefix", ""))
+        for part in tc.get("init_parts", ()) or ():   # more pretrained parts ("SOURCE[#SUBTREE]@PREFIX")
+            state = start_from_pretrained(state, part)
     start = int(state.step)
 
     overview = observe.param_overview(state.params)
@@ -390,13 +392,18 @@ def train(config, workdir: str, task: Task | None = None, *, mesh=None,
                        history=history, evals=evals)
 
 
-def start_from_pretrained(state, source: str, prefix: str = ""):
+def start_from_pretrained(state, source: str, prefix: str | None = None):
     """``state`` with the params (and EMA) of ``source`` (``config.train.init_from``: a workdir or a
     ``.safetensors`` file) placed at ``prefix`` (:func:`tta_jax.train.partial.merge_pretrained`), each leaf on
-    the sharding of the leaf it replaces."""
-    from tta_jax.train.partial import merge_pretrained, read_params
+    the sharding of the leaf it replaces. ``prefix=None``: ``source`` is one ``config.train.init_parts`` entry
+    (``"SOURCE[#SUBTREE]@PREFIX"``)."""
+    from tta_jax.train.partial import merge_pretrained, read_params, read_part
 
-    source_params = read_params(source)
+    if prefix is None:   # one ``config.train.init_parts`` entry: "SOURCE[#SUBTREE]@PREFIX"
+        source_params, prefix = read_part(source)
+        where = "config.train.init_parts"
+    else:
+        source_params, where = read_params(source), "config.train.init_from"
 
     def put(old, new):
         return jax.device_put(jnp.asarray(new, old.dtype), old.sharding)
@@ -404,7 +411,7 @@ def start_from_pretrained(state, source: str, prefix: str = ""):
     def place(tree):
         # merged into ``tree`` itself, so the leaves the source lacks (fresh adapters) keep this tree's own
         # buffers: params and EMA sharing one buffer would be donated twice by the train step
-        merged, n = merge_pretrained(tree, source_params, prefix)
+        merged, n = merge_pretrained(tree, source_params, prefix, where)
         return jax.tree.map(put, tree, merged), n
 
     repl = {}

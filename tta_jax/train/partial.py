@@ -11,6 +11,10 @@ Adapters (SERST's prompt adapter, LoRA, new conditioning paths) train on top of 
   (e.g. ``"net"`` when the new model wraps the old one). Leaves the source does not have keep their
   initialisation (the new adapter); a source leaf that the model lacks, or of another shape, fails naming it.
   Applied to a fresh run only: a resumed run continues from its own checkpoint.
+- ``config.train.init_parts``: more pretrained parts, each ``"SOURCE[#SUBTREE]@PREFIX"``: the params of
+  ``SOURCE`` (a workdir or ``.safetensors``), or only their ``SUBTREE`` (``/``-joined), placed at ``PREFIX``
+  after ``init_from`` (e.g. ``"runs/serst_encoder#encoder@conditioner/encoder"``: a pretrained reference
+  encoder inside a SERST adapter; :func:`parse_part`).
 - :func:`export_subset`: the leaves matching patterns -> one ``.safetensors`` file (the adapter alone).
 
 Paths are the ones :func:`tta_jax.train.optim.path_str` prints (``param_overview.txt`` lists them).
@@ -48,14 +52,31 @@ def read_params(source: str, where: str = "config.train.init_from") -> dict:
     return jax.tree.map(np.asarray, params)
 
 
-def _at(tree: Mapping, prefix: str, where: str):
+def _at(tree: Mapping, prefix: str, where: str, what: str = "config.train.init_prefix", owner: str = "the model"):
     node = tree
     for k in [k for k in prefix.split("/") if k]:
         if not isinstance(node, Mapping) or k not in node:
-            raise ConfigError(f"config.train.init_prefix={prefix!r}: the model has no {k!r} there "
+            raise ConfigError(f"{what}={prefix!r}: {owner} has no {k!r} there "
                               f"({sorted(node) if isinstance(node, Mapping) else type(node).__name__})")
         node = node[k]
     return node
+
+
+def parse_part(spec: str, where: str = "config.train.init_parts") -> tuple[str, str, str]:
+    """``"SOURCE[#SUBTREE]@PREFIX"`` -> (source, subtree, prefix); the prefix may be empty (the top)."""
+    source, at, prefix = str(spec).rpartition("@")
+    if not at or not source:
+        raise ConfigError(f"{where}: {spec!r} is not 'SOURCE[#SUBTREE]@PREFIX' (e.g. "
+                          f"'runs/encoder#encoder@conditioner/encoder')")
+    source, _, subtree = source.partition("#")
+    return source, subtree, prefix
+
+
+def read_part(spec: str, where: str = "config.train.init_parts") -> tuple[Mapping, str]:
+    """One ``init_parts`` entry -> (the source's params at SUBTREE, PREFIX)."""
+    source, subtree, prefix = parse_part(spec, where)
+    params = read_params(source, where)
+    return _at(params, subtree, where, f"{where} {spec!r}: SUBTREE", source), prefix
 
 
 def merge_pretrained(params, source_params: Mapping, prefix: str = "", where: str = "config.train.init_from"):
@@ -67,13 +88,15 @@ def merge_pretrained(params, source_params: Mapping, prefix: str = "", where: st
 
     boxed = params
     params = meta.unbox(params)
-    target = _at(params, prefix, where)
+    target = _at(params, prefix, where, f"{where} prefix" if where != "config.train.init_from" else
+                 "config.train.init_prefix")
     flat_t = flatten_params(target)
     flat_s = flatten_params(dict(source_params))
     for k, v in flat_s.items():
         if k not in flat_t:
+            hint = "config.train.init_prefix" if where == "config.train.init_from" else "the entry's #SUBTREE / @PREFIX"
             raise ConfigError(f"{where}: parameter {k!r} is not in the model at {prefix or 'the top'!r} "
-                              f"(set config.train.init_prefix, or the source is another architecture)")
+                              f"(set {hint}, or the source is another architecture)")
         if tuple(np.shape(v)) != tuple(flat_t[k].shape):
             raise ConfigError(f"{where}: parameter {k!r} has shape {tuple(np.shape(v))} there but "
                               f"{tuple(flat_t[k].shape)} in the model")
