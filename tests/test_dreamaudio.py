@@ -300,6 +300,8 @@ def test_reference_latents_move_to_the_token_space_with_the_target():
         want = pca.encode(patchify(jnp.asarray(batch["ref_latent"][:, k, :6]), 2))
         np.testing.assert_allclose(np.asarray(out["ref_latent"][:, k]), np.asarray(want), rtol=1e-6, atol=1e-6)
     assert patch_batch(batch, 2, pca)["ref_latent"] is batch["ref_latent"]        # not named: untouched
+    with pytest.raises(ValueError, match="1 frames .* shorter than one 2-frame token"):
+        patch_batch(dict(batch, ref_latent=batch["ref_latent"][:, :, :1]), 2, pca, ("ref_latent",))
     image = {"latent": np.zeros((B, 8, 12, 4)), "ref_latent": np.zeros((B, K, 8, 6, 4))}
     assert patch_batch(image, 1, None, ("ref_latent",))["ref_latent"] is image["ref_latent"]
 

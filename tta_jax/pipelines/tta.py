@@ -180,6 +180,9 @@ def to_tokens(x: jax.Array, p: int, pca=None, *, crop: bool = False) -> jax.Arra
     x = jnp.asarray(x)
     lead, (t, c) = x.shape[:-2], x.shape[-2:]
     if crop:
+        if t < p:
+            raise ValueError(f"a latent of {t} frames {tuple(x.shape)} is shorter than one {p}-frame token "
+                             f"(config.data.patch_frames): give a longer reference clip")
         t -= t % p
         x = x[..., :t, :]
     y = patchify(x.reshape((-1, t, c)), p)
@@ -958,7 +961,7 @@ def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, ste
     if spec is not None:
         if sm.denoiser.layout != IMAGE:   # reference latents in the denoiser's token space, like the target
             p = int(config.data.get("patch_frames", 1) or 1)
-            rc.update({k: to_tokens(rc[k], p, sm.pca, crop=True) for k in spec["latent_keys"] if k in rc})
+            rc.update({k: to_tokens(rc[k], p, sm.pca, crop=True) for k in reference_latent_keys(config) if k in rc})
         cond.update({k: jnp.asarray(v) for k, v in rc.items()})
         uncond.update({k: jnp.asarray(v) for k, v in ru.items()})
     elif references or reference_captions:
