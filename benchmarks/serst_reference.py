@@ -1,14 +1,20 @@
 r"""Does the reference decide the sound? SERST reference-family match on the embedded dataset.
 
     python -m benchmarks.serst_reference --serst_workdir outputs/tango_serst/work \
-        --base_workdir outputs/tango_demo/workdir [--per_family 4] [--out outputs/tango_serst/eval]
+        --base_workdir outputs/tango_demo/workdir [--per_family 4] [--out outputs/tango_serst/eval] \
+        [--negative prompt] [--guidance 8] [--data outputs/serst_data]
 
 For each of the 17 sound sources, ``per_family`` held-out clips (the test split of the embedded set the runs were
 trained on, single-event, rendered at 16 kHz; valid split when the test split has too few) are references. Every
 sample gets a prompt that names no instrument (a fixed cycle of pattern/register/dynamics/tempo sentences) and:
 
-- ``serst``: the SERST run with that one reference (CFG against the empty prompt without reference);
+- ``serst``: the SERST run with that one reference (CFG against the empty prompt without reference; with
+  ``--negative prompt`` against the same prompt without reference);
 - ``base``: the run the adapter was trained on, same prompts and seeds, no reference.
+
+With ``--data DIR`` (the run's precomputed reference pairs) it also reports the training loss of the SERST run on
+``--loss_batches`` batches with the right reference, another row's reference and none (the same noise draws): how
+much the frozen base gains from the reference at all, and how much of that is the reference's *own* sound.
 
 The in-domain evaluator (tta_jax.eval.indomain) predicts each clip's family; the figure is how often it equals the
 *reference's* family (chance 1/17), with a one-sided binomial test against chance. Prints a table and writes
@@ -34,11 +40,17 @@ _OUT = flags.DEFINE_string("out", "outputs/serst_eval", "output directory")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _STEPS = flags.DEFINE_integer("steps", None, "sampler steps (default: the config's)")
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 2000, "size of the embedded set the runs were trained on (seed 0)")
+_GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale for the SERST run (default: its config's)")
+_NEGATIVE = flags.DEFINE_enum("negative", None, ["empty", "prompt"],
+                              "CFG's unconditioned branch for the SERST run (default: its config's sampler.negative): "
+                              "'prompt' = the same prompt without reference, i.e. guidance on the reference alone")
 
 NEUTRAL_PROMPTS = ("A short melody in a high register, soft and slow.",
                    "Repeated notes in a mid register, loud and fast.",
                    "A chord in a low register, soft and slow.",
                    "An arpeggio in a mid register, loud and slow.")
+_DATA = flags.DEFINE_string("data", None, "precomputed reference pairs of the SERST run: also report the loss gap")
+_LOSS_BATCHES = flags.DEFINE_integer("loss_batches", 40, "batches for the loss gap (--data)")
 log = logging.getLogger("serst_reference")
 
 
@@ -71,19 +83,23 @@ def main(argv):
 
     os.makedirs(_OUT.value, exist_ok=True)
     sc, sp, s_step = _load(_SERST.value)
+    if _NEGATIVE.value:
+        sc.sampler.negative = _NEGATIVE.value
     bc, bp, b_step = _load(_BASE.value)
     refs, fams, keys = reference_clips(_NUM_CLIPS.value, 0, _PER.value)
     prompts = [NEUTRAL_PROMPTS[i % len(NEUTRAL_PROMPTS)] for i in range(len(fams))]
     runs = {}
     t0 = time.time()
     kw = {"seed": _SEED.value, "steps": _STEPS.value, "num_frames": int(sc.data.crop_frames)}
-    _, a_serst, codec = generate_audio(sc, sp, prompts, references=[[r] for r in refs], workdir=_SERST.value, **kw)
+    _, a_serst, codec = generate_audio(sc, sp, prompts, references=[[r] for r in refs], workdir=_SERST.value,
+                                       guidance=_GUIDANCE.value, **kw)
     runs["serst"] = a_serst
     _, runs["base"], _ = generate_audio(bc, bp, prompts, workdir=_BASE.value, **kw)
     sample_s = time.time() - t0
     report = {"serst_workdir": _SERST.value, "serst_step": s_step, "base_workdir": _BASE.value, "base_step": b_step,
               "per_family": _PER.value, "num_samples": len(fams), "prompts": list(NEUTRAL_PROMPTS),
-              "reference_keys": keys, "sampler": dict(sc.sampler), "sampling_seconds": sample_s,
+              "reference_keys": keys, "sampler": dict(sc.sampler), "serst_guidance": _GUIDANCE.value,
+              "sampling_seconds": sample_s,
               "chance": 1.0 / len(SOURCES)}
     lines = ["| condition | reference-family match | hits | x chance | one-sided p |", "|---|---|---|---|---|"]
     for name, audio in runs.items():
@@ -95,6 +111,17 @@ def main(argv):
                         "per_family": per_family, "fd_generated_vs_test": m["fd_generated_vs_test"]}
         lines.append(f"| {name} | {np.mean(hits):.3f} | {sum(hits)}/{len(hits)} | {vs['times_chance']:.1f} | "
                      f"{vs['p_value']:.1e} |")
+    if _DATA.value:
+        from flax.core import meta
+
+        from tta_jax.eval.reference_gap import reference_loss_gap
+
+        gap = reference_loss_gap(sc, meta.unbox(sp), _DATA.value, _LOSS_BATCHES.value)
+        report["loss_gap"] = gap
+        lines += ["", "| loss on training batches | right reference | another row's | none |", "|---|---|---|---|",
+                  f"| mean (minus right, s.e.) | {gap['right']:.4f} | {gap['other']:.4f} "
+                  f"({gap['other_minus_right'][0]:+.4f} +- {gap['other_minus_right'][1]:.4f}) | {gap['none']:.4f} "
+                  f"({gap['none_minus_right'][0]:+.4f} +- {gap['none_minus_right'][1]:.4f}) |"]
     write_report(_OUT.value, report, lines)
 
 

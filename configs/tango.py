@@ -21,7 +21,11 @@ Variants (``--config configs/tango.py:<variant>``):
   trains only the adapter. ``demo_serst_dit``: the same adapter on the `make demo` DiT (configs/ezaudio_demo.py;
   the style joins the DiT's timestep embedding), from a ``launch.demo`` run. ``demo_serst_dit_pre``: the same with
   the reference encoder pretrained as a family classifier (configs/serst_encoder.py; ``train.init_parts``) and
-  frozen: only the text x reference attention and the style projection train.
+  frozen: only the text x reference attention and the style projection train. ``demo_serst_dit_pooled``: the same
+  frozen encoder, the style added to the DiT's pooled text (``model.style_path="pooled"``: it reaches every AdaLN
+  through the base's own pretrained pooled-text MLP, no new denoiser params); only the attention trains.
+  ``demo_serst_dit_tokens``: the same frozen encoder; the adapter's per-token residual is added to the text states
+  the DiT reads (``conditioner.path="tokens"``: its cross-attention and pooled text), the DiT has no style input.
 
 Objective (Tango): v-prediction on SD-2.1's scaled-linear 0.00085..0.012 schedule, min-SNR weighting gamma 5 in
 Tango's form (divided by SNR even for v), 10% empty captions; sampling DDPM 200 steps, CFG 3.
@@ -41,13 +45,17 @@ Expected: ~460 steps in 8 min; prompted-family accuracy ~0.13 (chance 0.06), in-
           adapter + U-Net trainable, 591 steps: 0.074, p = 0.37; benchmarks/serst_reference.py).
           On the `make demo` DiT (demo_serst_dit, base 0.088 without reference): 0.059 (the encoder collapsed to one
           embedding); demo_serst_dit_pre (encoder pretrained by configs/serst_encoder.py, frozen): 0.074; the same
-          trained on timesteps >= 300: 0.059 (docs/experiments.md 2026-12-03).
+          trained on timesteps >= 300: 0.059 (docs/experiments.md 2026-12-03). demo_serst_dit_pooled (886 steps):
+          0.088 vs base 0.059; demo_serst_dit_tokens: 0.074 at 1285 steps (0.088 guided on the reference alone,
+          sampler.negative="prompt"), 0.147 and 0.132 (two sampling seeds, p 0.006 / 0.018) at 3050 steps, 0.074
+          at 4850 steps, base 0.044-0.059 (docs/experiments.md 2026-12-04).
 """
 import ml_collections
 
 from configs.common import cpu_tiny_trainer, latent_system, sd_schedule, small_unet, variant
 
-VARIANTS = ("full", "serst", "tiny", "tiny_serst", "demo", "demo_serst", "demo_serst_dit", "demo_serst_dit_pre")
+VARIANTS = ("full", "serst", "tiny", "tiny_serst", "demo", "demo_serst", "demo_serst_dit", "demo_serst_dit_pre",
+            "demo_serst_dit_pooled", "demo_serst_dit_tokens")
 
 TANGO_UNET = {"name": "unet", "in_channels": 8, "out_channels": 8, "block_out_channels": (320, 640, 1280, 1280),
               "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -161,9 +169,18 @@ def get_config(arg=None):
             _serst(c, dim=384, heads=4, encoder={"preset": "tiny", "out_dim": 128})
             c.optimizer.name = "adafactor"
             c.optimizer.weight_decay = 0.0
-    if size in ("demo_serst_dit", "demo_serst_dit_pre"):
+    if size in ("demo_serst_dit", "demo_serst_dit_pre", "demo_serst_dit_pooled"):
         c = _demo_serst_dit()
-    if size == "demo_serst_dit_pre":   # the reference encoder pretrained (configs/serst_encoder.py) and frozen
-        c.name = "tango_demo_serst_dit_pre"
+    if size in ("demo_serst_dit_pre", "demo_serst_dit_pooled"):   # the reference encoder pretrained
+        c.name = f"tango_{size}"                                   # (configs/serst_encoder.py) and frozen
         c.optimizer.trainable = ("conditioner/attn/.*", "net/style_embed/.*")
+    if size == "demo_serst_dit_pooled":   # the style joins the pooled text: no style_embed
+        c.model.style_path = "pooled"
+        c.optimizer.trainable = ("conditioner/attn/.*",)
+    if size == "demo_serst_dit_tokens":   # the per-token residual joins the text states: no style input at all
+        c = _demo_serst_dit()
+        c.name = f"tango_{size}"
+        c.conditioner.path = "tokens"
+        del c.model["style_dim"]
+        c.optimizer.trainable = ("conditioner/attn/.*",)
     return c

@@ -45,6 +45,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the config's).")
 _GUIDANCE = flags.DEFINE_float("guidance", None, "CFG scale (default: the config's).")
 _RESCALE = flags.DEFINE_float("rescale", None, "CFG rescale phi (default: the config's).")
+_NEGATIVE = flags.DEFINE_enum("negative", None, ["empty", "zeros", "prompt"],
+                              "CFG's unconditioned branch (default: the config's sampler.negative); 'prompt' keeps "
+                              "the prompt and drops the references: guidance on the references alone.")
 _RAW = flags.DEFINE_bool("no_ema", False, "Use the raw params instead of the EMA.")
 _LORA = flags.DEFINE_multi_string("lora", None, "LoRA adapter FILE.safetensors[:SCALE] merged into the params before "
                                   "sampling (repeat to stack several; tta_jax.train.lora).")
@@ -72,6 +75,8 @@ def main(argv):
         return sample_export()
     config = load_config(_WORKDIR.value, _CONFIG.value)
     check_checkpoint(_WORKDIR.value, _STEP.value)
+    if _NEGATIVE.value:
+        config.sampler.negative = _NEGATIVE.value
     from tta_jax.train.checkpoint import load_params
     pipeline = config.get("sample_pipeline", None)
     if not pipeline:
@@ -98,7 +103,8 @@ def main(argv):
 def sample_export():
     """``--export``: the serialised sampler; a WAV and a PNG per prompt."""
     ignored = [f for f, v in (("--workdir", _WORKDIR.value), ("--step", _STEP.value), ("--steps", _STEPS.value),
-                              ("--lora", _LORA.value), ("--reference", _REFERENCE.value)) if v]
+                              ("--lora", _LORA.value), ("--reference", _REFERENCE.value),
+                              ("--negative", _NEGATIVE.value)) if v]
     if ignored:
         raise app.UsageError(f"{ignored[0]} does not apply to --export (an export is fixed; re-export instead)")
     from tta_jax.audio.io import write_samples

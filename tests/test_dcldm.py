@@ -97,18 +97,13 @@ def test_not_an_lm_run(tmp_path):
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    import soundfile as sf
+    from tests.audio_folders import write_audio_folder
 
-    d = tmp_path_factory.mktemp("raw")
     sr = 16000
     t = np.arange(sr // 2) / sr
-    rows = ["path,caption"]
-    for i in range(6):
-        a = np.sin(2 * np.pi * (200 + 90 * i) * t) * (0.3 + 0.1 * (i % 3))
-        sf.write(str(d / f"c{i}.wav"), a.astype(np.float32), sr)
-        rows.append(f"c{i}.wav,a tone number {i}")
-    (d / "metadata.csv").write_text("\n".join(rows) + "\n")
-    return str(d)
+    clips = [(np.sin(2 * np.pi * (200 + 90 * i) * t) * (0.3 + 0.1 * (i % 3)), {"caption": f"a tone number {i}"})
+             for i in range(6)]
+    return write_audio_folder(tmp_path_factory.mktemp("raw"), clips, sr)
 
 
 def _precompute(system, folder, out):

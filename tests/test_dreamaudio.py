@@ -336,24 +336,62 @@ def test_flow_loss_reads_codec_space_references_on_a_patched_dit():
     assert abs(float(off) - float(want)) > 1e-4          # the references reach the loss
 
 
+def test_generate_audio_gives_the_sampler_references_in_the_losss_token_space(monkeypatch):
+    """``generate_audio`` on a 4-frame-token DiT: the reference latents the generator receives are the codec
+    latents of the ``--reference`` clips moved to tokens exactly as the loss moves precomputed ones
+    (``patch_batch``), the last partial token dropped; the unconditioned branch has them switched off."""
+    from configs.dreamaudio import get_config
+    from tta_jax.pipelines import tta
+
+    c = get_config("demo_dit")
+    c.data.token_pca = 0                                     # plain 4-frame tokens: no fitted PCA needed
+    c.model.in_channels = c.model.out_channels = 4 * 80
+    c.conditioner.reference.seconds = 1.0                    # 86 latent frames: a partial token to drop
+    sm = tta.sampling_of(c, steps=1)
+    p = int(c.data.patch_frames)
+    assert p == 4
+    params = _random_params(sm.denoiser, sm.shape)
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(self, params, cond, uncond, key, shape):
+        seen.update(cond=cond, uncond=uncond)
+        raise Captured
+
+    monkeypatch.setattr(type(sm.generator), "generate", capture)
+    sr = sm.codec.sample_rate
+    clip = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(0.55 * sr)) / sr)).astype(np.float32)
+    with pytest.raises(Captured):
+        tta.generate_audio(c, params, ["a sound", "another"], steps=1, references=[clip, clip[::-1].copy()],
+                           reference_captions=["a tone", "a tone again"])
+    raw, _ = reference_cond(c.conditioner, [clip, clip[::-1].copy()], 2, codec=sm.codec, text=sm.text,
+                            captions=["a tone", "a tone again"])
+    frames = raw["ref_latent"].shape[-2]
+    assert frames % p, "the clip should leave a partial token to drop"
+    want = tta.patch_batch({"latent": np.zeros((2, 8, 80), np.float32), **raw}, p, None, ("ref_latent",))
+    got = np.asarray(seen["cond"]["ref_latent"])
+    assert got.shape == (2, 2, frames // p, 4 * 80)
+    np.testing.assert_allclose(got, np.asarray(want["ref_latent"]), rtol=1e-6, atol=1e-6)
+    assert not np.asarray(seen["uncond"]["reference_mask"]).any() and np.asarray(seen["cond"]["reference_mask"]).all()
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
-    import soundfile as sf
+    from tests.audio_folders import write_audio_folder
 
-    d = tmp_path_factory.mktemp("raw")
     sr = 16000
     t = np.arange(sr) / sr
-    rows = ["path,caption,family"]
+    clips = []
     for i in range(9):
         fam = ("tone", "noise", "chirp")[i % 3]
         a = {"tone": np.sin(2 * np.pi * (200 + 40 * i) * t),
              "noise": np.random.default_rng(i).normal(size=t.size) * 0.5,
              "chirp": np.sin(2 * np.pi * (300 + 900 * t) * t)}[fam]
-        sf.write(str(d / f"c{i}.wav"), (0.5 * a).astype(np.float32), sr)
-        rows.append(f"c{i}.wav,a {fam} number {i},{fam}")
-    (d / "metadata.csv").write_text("\n".join(rows) + "\n")
-    return str(d)
+        clips.append((0.5 * a, {"caption": f"a {fam} number {i}", "family": fam}))
+    return write_audio_folder(tmp_path_factory.mktemp("raw"), clips, sr)
 
 
 @pytest.mark.slow  # ~1.5 min: customised-data precompute, training, sampling with 0..K references, the CLI
@@ -414,7 +452,7 @@ def test_concatenated_targets_train_and_sample_with_references(labelled, tmp_pat
     sf.write(str(tmp_path / "ref.wav"), clip, 16000)
     p = subprocess.run([sys.executable, "-m", "launch.sample", "--workdir", work, "--out", str(tmp_path / "s"),
                         "--prompt", "a sound", "--steps", "2", "--reference", str(tmp_path / "ref.wav"),
-                        "--reference_caption", "a tone"], cwd=os.path.dirname(os.path.dirname(__file__)) or ".",
+                        "--reference_caption", "a tone", "--negative", "prompt"], cwd=os.path.dirname(os.path.dirname(__file__)) or ".",
                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert any(f.endswith(".wav") for f in os.listdir(tmp_path / "s"))

@@ -14,17 +14,12 @@ TARGETS = [".*/attn[12]/to_(q|k|v|out)"]
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    import soundfile as sf
+    from tests.audio_folders import write_audio_folder
 
-    d = tmp_path_factory.mktemp("raw")
     sr = 16000
     t = np.arange(sr // 2) / sr
-    rows = ["path,caption"]
-    for i in range(6):
-        sf.write(str(d / f"c{i}.wav"), (0.3 * np.sin(2 * np.pi * (200 + 70 * i) * t)).astype(np.float32), sr)
-        rows.append(f"c{i}.wav,a tone number {i}")
-    (d / "metadata.csv").write_text("\n".join(rows) + "\n")
-    return str(d)
+    clips = [(0.3 * np.sin(2 * np.pi * (200 + 70 * i) * t), {"caption": f"a tone number {i}"}) for i in range(6)]
+    return write_audio_folder(tmp_path_factory.mktemp("raw"), clips, sr)
 
 
 @pytest.mark.slow  # ~1 min: precompute, base training, LoRA training, export, sampling merged and unmerged

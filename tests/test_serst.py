@@ -115,6 +115,125 @@ def test_dit_takes_the_serst_adapter_through_the_same_style_path():
     assert den.apply(p, x, jnp.array([5]), cond).shape == x.shape
 
 
+def test_dit_pooled_style_path_adds_the_adapter_residual_to_the_pooled_text():
+    """``style_path="pooled"``: the adapter returns mean(a) only (zero-init output: the base DiT exactly at init);
+    the DiT's pooled-text MLP then sees mean(text) + mean(a), which is the paper's style; no new DiT params."""
+    from flax import linen as nn
+
+    from configs.ezaudio import get_config as ezaudio
+    from tta_jax.denoisers.dit import DiTConfig
+    from tta_jax.train.partial import merge_pretrained
+
+    c = ezaudio("tiny")
+    c.model.pooled_context = True
+    base = denoiser_of(c)
+    d, ch = c.model.context_dim, c.model.in_channels
+    c.model.style_dim = d
+    c.model.style_path = "pooled"
+    c.conditioner = get_config("tiny_serst").conditioner
+    den = denoiser_of(c)
+    init_cond = {"text": np.zeros((1, 8, d), np.float32), "text_mask": np.ones((1, 8), bool)}
+    p_base = meta.unbox(base.init(jax.random.PRNGKey(0), (16, ch), 8, init_cond))
+    # a "trained" base: the zero-initialised AdaLN tables made non-zero, so the timestep embedding matters
+    p_base = jax.tree_util.tree_map_with_path(
+        lambda q, v: v + 0.05 if "time_ada" in jax.tree_util.keystr(q) else v, p_base)
+    p = meta.unbox(den.init(jax.random.PRNGKey(1), (16, ch), 8, init_cond))
+    assert not any("style_embed" in jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(p))
+    merged, n = merge_pretrained(p, p_base, "net")
+    assert n == len(jax.tree.leaves(p_base))
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(2), 3)
+    cond = {"text": jax.random.normal(k1, (2, 8, d)), "text_mask": jnp.ones((2, 8), bool).at[:, 5:].set(False),
+            "reference": jax.random.normal(k2, (2, 1, 201, 80)), "reference_mask": jnp.array([[True], [True]])}
+    x = jax.random.normal(k3, (2, 16, ch))
+    t = jnp.array([3, 700])
+    want = base.apply(p_base, x, t, {"text": cond["text"], "text_mask": cond["text_mask"]})
+    np.testing.assert_array_equal(np.asarray(den.apply(merged, x, t, cond)), np.asarray(want))
+
+    # a trained (non-zero) attention output: the pooled-text MLP's input is mean(text) + the adapter's residual
+    bumped = jax.tree_util.tree_map_with_path(
+        lambda q, v: v + 0.05 if "conditioner" in jax.tree_util.keystr(q) and "out" in jax.tree_util.keystr(q)
+        else v, merged)
+    seen = {}
+
+    def grab(f, args, kwargs, ctx):
+        if ctx.method_name == "__call__" and ctx.module.name == "pooled_text_embed":
+            seen["pooled"] = args[0]
+        return f(*args, **kwargs)
+
+    with nn.intercept_methods(grab):
+        got = den.apply(bumped, x, t, cond)
+    prepared = den.prepare(bumped, cond, x)
+    style = np.asarray(prepared["style"])
+    w = np.asarray(cond["text_mask"], np.float32)[..., None]
+    mean_text = (np.asarray(cond["text"]) * w).sum(1) / w.sum(1)
+    np.testing.assert_allclose(np.asarray(seen["pooled"]), mean_text + style, rtol=1e-5, atol=1e-6)
+    assert np.abs(style).max() > 1e-3 and float(jnp.abs(got - want).max()) > 1e-4
+    # a row without reference gets exactly the base
+    dropped = dict(cond, reference_mask=jnp.array([[True], [False]]))
+    np.testing.assert_array_equal(np.asarray(den.apply(bumped, x, t, dropped))[1], np.asarray(want)[1])
+    with pytest.raises(ValueError, match="pooled_context=True"):
+        DiTConfig(context_dim=d, style_dim=d, style_path="pooled")
+    with pytest.raises(ValueError, match="style_path"):
+        DiTConfig(style_path="tokens")
+
+
+def test_tokens_path_adds_the_adapter_residual_to_the_text_states_of_a_unet_without_style_input(models):
+    """``conditioner.path="tokens"``: no style input needed; the denoiser reads text + a (a = the adapter's per-token
+    residual, zero at init and on rows without reference), computed once by ``prepare``."""
+    from tta_jax.errors import ConfigError
+    from tta_jax.train.partial import merge_pretrained
+
+    base, _, p_base, _ = models
+    c = get_config("tiny")
+    c.conditioner = get_config("tiny_serst").conditioner
+    c.conditioner.path = "tokens"
+    den = denoiser_of(c)
+    assert "reference" in den.cond_keys and "style" not in den.cond_keys
+    p = meta.unbox(den.init(jax.random.PRNGKey(1), SHAPE, 8, TEXT))
+    merged, n = merge_pretrained(p, p_base, "net")
+    assert n == len(jax.tree.leaves(p_base)) and set(p) == {"conditioner", "net"}
+    x = jax.random.normal(jax.random.PRNGKey(3), (2,) + SHAPE)
+    t = jnp.array([3, 700])
+    cond = _cond(2, jax.random.PRNGKey(4), jnp.array([[True, False], [False, False]]))
+    text = {"text": cond["text"], "text_mask": cond["text_mask"]}
+    want = base.apply(p_base, x, t, text)
+    np.testing.assert_array_equal(np.asarray(den.apply(merged, x, t, cond)), np.asarray(want))
+    # a trained (non-zero) attention output: the U-Net sees text + residual; row 1 (no reference) is the base
+    bumped = jax.tree_util.tree_map_with_path(
+        lambda q, v: v + 0.05 if "conditioner" in jax.tree_util.keystr(q) and "out" in jax.tree_util.keystr(q)
+        else v, merged)
+    prepared = den.prepare(bumped, cond, x)
+    res = np.asarray(prepared["text_residual"])
+    assert res.shape == (2, 8, 32) and "reference" not in prepared and "reference_mask" not in prepared
+    assert np.abs(res[0]).min() > 0 and np.abs(res[1]).max() == 0.0
+    got = den.apply(bumped, x, t, cond)
+    np.testing.assert_allclose(np.asarray(den.apply(bumped, x, t, prepared)), np.asarray(got), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(base.apply(
+        p_base, x, t, dict(text, text=cond["text"] + res))), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(got)[1], np.asarray(want)[1])
+    assert float(jnp.abs(got[0] - want[0]).max()) > 1e-4
+    with pytest.raises(ValueError, match="one or the other"):
+        den.apply(bumped, x, t, dict(cond, text_residual=prepared["text_residual"]))
+    c.conditioner.path = "adanorm"
+    with pytest.raises(ConfigError, match="config.conditioner.path='adanorm'"):
+        denoiser_of(c)
+
+
+def test_negative_prompt_guides_on_the_reference_alone():
+    """``sampler.negative="prompt"``: CFG's unconditioned branch is the same prompt (the sampler then switches the
+    references off in it), refused for a system without extra inputs, where it would guide on nothing."""
+    from tta_jax.errors import ConfigError
+    from tta_jax.pipelines import tta
+
+    cond, uncond = tta.text_conds(lambda texts: {"text": np.arange(len(texts) * 6.0).reshape(len(texts), 2, 3),
+                                                 "text_mask": np.ones((len(texts), 2), bool)}, ["a", "b"], "prompt")
+    assert set(uncond) == set(cond) and all(np.array_equal(cond[k], uncond[k]) for k in cond)
+    c = get_config("tiny")
+    c.sampler.negative = "prompt"
+    with pytest.raises(ConfigError, match="negative='prompt' guides on the conditioner's extra inputs"):
+        tta.sampling_of(c)
+
+
 # ------------------------------------------------------------------------------------------------ data
 def test_pair_references_pairs_other_clips_of_the_same_event():
     from data_pipeline.references import pair_references
@@ -161,19 +280,16 @@ def test_loader_emits_references_and_drops_them_together(tmp_path):
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
-    import soundfile as sf
+    from tests.audio_folders import write_audio_folder
 
-    d = tmp_path_factory.mktemp("raw")
     sr = 16000
     t = np.arange(int(sr * 0.6)) / sr
-    rows = ["path,caption,family"]
+    clips = []
     for i in range(8):
         fam = ("tone", "noise")[i % 2]
         a = np.sin(2 * np.pi * (200 + 40 * i) * t) if fam == "tone" else np.random.default_rng(i).normal(size=t.size)
-        sf.write(str(d / f"c{i}.wav"), (0.3 * a).astype(np.float32), sr)
-        rows.append(f"c{i}.wav,clip number {i},{fam}")
-    (d / "metadata.csv").write_text("\n".join(rows) + "\n")
-    return str(d)
+        clips.append((0.3 * a, {"caption": f"clip number {i}", "family": fam}))
+    return write_audio_folder(tmp_path_factory.mktemp("raw"), clips, sr)
 
 
 @pytest.mark.slow  # ~1 min: precompute with references, base training, adapter training, sampling
@@ -242,6 +358,12 @@ def test_adapter_trains_on_a_frozen_base_and_samples_with_references(labelled, t
     lat, audio, codec = generate_audio(c, trained, ["a clip", "another clip"], references=[ref],
                                        workdir=str(tmp_path / "serst"), steps=2)
     assert lat.shape[0] == 2 and np.isfinite(audio).all()
+    # the loss gap (benchmarks/serst_reference.py --data): right vs another row's vs no reference, same noise draws
+    from tta_jax.eval.reference_gap import reference_loss_gap
+
+    gap = reference_loss_gap(c, trained, str(tmp_path / "data"), 2)
+    assert all(np.isfinite(gap[k]) for k in ("right", "other", "none"))
+    assert gap["none_minus_right"][0] != 0.0 and gap["other_minus_right"][0] != 0.0
     from tta_jax.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--reference"):

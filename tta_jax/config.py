@@ -38,7 +38,7 @@ CHOICES = {
     "sampler.name": SAMPLERS,
     "sampler.spacing": ("leading", "trailing", "linspace"),
     "sampler.guidance_mode": GUIDANCE_MODES,
-    "sampler.negative": ("empty", "zeros"),
+    "sampler.negative": ("empty", "zeros", "prompt"),
 }
 
 # Sections whose contents are validated elsewhere (model config classes, data sources, codecs).
@@ -77,7 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
         name="ddim", num_steps=50, spacing="leading", eta=0.0, steps_offset=0, set_alpha_to_one=True,
         clip_sample=False, flow_shift=1.0, guidance_scale=3.0, guidance_rescale=0.0, guidance_mode="cfg",
         # CFG's unconditioned branch: "empty" = the empty prompt's encoding; "zeros" = an all-zero context
-        # after the text adapters (Auffusion's default negative embedding; needs adapters, config.model)
+        # after the text adapters (Auffusion's default negative embedding; needs adapters, config.model);
+        # "prompt" = the same prompt with the conditioner's extra inputs (references) off: guidance on them alone
         negative="empty"))
 
     c.data = ml_collections.ConfigDict(dict(

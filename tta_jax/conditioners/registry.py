@@ -53,7 +53,7 @@ def _serst() -> Conditioner:
 
     return Conditioner(serst.with_serst, lambda s: serst.reference_spec(s.get("reference")),
                        lambda s, codec, text: lambda audio, captions=None: serst.reference_features(audio),
-                       ("heads", "encoder", "reference"))
+                       ("heads", "encoder", "reference", "path"))
 
 
 def _dreamaudio() -> Conditioner:

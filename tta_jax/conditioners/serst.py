@@ -12,6 +12,19 @@ it with the time embedding and modulates every ResNet through zero-initialised s
 (``resnet_time_scale_shift="default_ada"``); the DiT adds it to the timestep embedding that drives every AdaLN
 (``style_dim``, zero-initialised). Either way a pretrained base is unchanged at step 0.
 
+A DiT with ``style_path="pooled"`` adds the style to the masked mean of its text states before its own pretrained
+pooled-text MLP; there the adapter returns only the residual part, ``mean over valid text tokens of a``, with the
+attention's output projection zero-initialised, so the DiT's pooled input is exactly the style above and a zero
+residual (at init, or a row without reference) is exactly the base. The family of a reference then reaches the
+AdaLN of every block through the global text path the base already uses for the prompt's sound event.
+
+``config.conditioner.path="tokens"`` (either denoiser, no style input needed) keeps the per-token residual instead of
+its mean: the denoiser reads ``text + a`` as its text states (``a`` zero for a row without reference, the output
+projection zero-initialised), so the reference rewrites the prompt's token states that the base's cross-attention
+(and a DiT's pooled-text path, which then moves by exactly the style above) already reads for the sound event.
+This goes beyond the paper, whose style drives only the normalisation; the prepared ``cond`` carries the residual
+as ``text_residual`` [B, L, D] and the wrapper adds it at every call.
+
 The public code (a Tango fork) builds this adapter inside ``forward()``, so its weights never train; this follows
 the paper (the code only for shapes). The reference encoder trains from scratch with the adapter.
 
@@ -36,6 +49,7 @@ from tta_jax.errors import ConfigError
 from tta_jax.nn.attention import Attention
 
 REFERENCE_KEYS = ("reference", "reference_mask")
+PATHS = ("style", "tokens")   # config.conditioner.path: the denoiser's style input, or a residual of the text states
 
 
 def encoder_config(section: Mapping[str, Any] | None, where: str = "config.conditioner.encoder"):
@@ -59,10 +73,13 @@ def encoder_config(section: Mapping[str, Any] | None, where: str = "config.condi
 
 class StyleAdapter(nn.Module):
     """(text [B, L, D], text_mask [B, L] | None, reference [B, K, T, M], reference_mask [B, K] | None)
-    -> style [B, D] float32 (module docstring). Params: ``encoder`` (the ResNet), ``attn``."""
+    -> style [B, D] float32 (module docstring), or with ``per_token`` the residual ``a`` itself [B, L, D] (zero on
+    rows without a reference). Params: ``encoder`` (the ResNet), ``attn``."""
 
     encoder: Any      # ReferenceEncoderConfig
     heads: int = 16
+    residual: bool = False   # return mean(a) only, with a zero-initialised attention output (module docstring)
+    per_token: bool = False  # return a [B, L, D] (implies residual)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -79,9 +96,13 @@ class StyleAdapter(nn.Module):
         emb = emb.reshape(B, K, -1)                                                    # [B, K, E]
         rmask = (jnp.ones((B, K), bool) if reference_mask is None
                  else jnp.asarray(reference_mask).astype(bool).reshape(B, K))
-        a = Attention(self.heads, D // self.heads, out_features=D, dtype=self.dtype, name="attn")(
+        residual = self.residual or self.per_token
+        a = Attention(self.heads, D // self.heads, out_features=D, dtype=self.dtype, name="attn",
+                      out_kernel_init=nn.initializers.zeros if residual else None)(
             text.astype(self.dtype), emb.astype(self.dtype), rmask)
-        h = a.astype(jnp.float32) + text                                               # residual [B, L, D]
+        if self.per_token:
+            return jnp.where(rmask.any(-1)[:, None, None], a.astype(jnp.float32), 0.0)  # [B, L, D]
+        h = a.astype(jnp.float32) + (0.0 if residual else text)                        # residual [B, L, D]
         tmask = jnp.ones((B, L), jnp.float32) if text_mask is None else jnp.asarray(text_mask, jnp.float32)
         style = (h * tmask[..., None]).sum(1) / jnp.maximum(tmask.sum(1, keepdims=True), 1.0)
         return jnp.where(rmask.any(-1, keepdims=True), style, 0.0)                     # [B, D]
@@ -89,25 +110,31 @@ class StyleAdapter(nn.Module):
 
 class ReferenceStyled(nn.Module):
     """A denoiser behind the SERST adapter: ``cond['reference']`` (+ mask) and the text states -> ``style``
-    -> ``net``. Params ``{"conditioner": StyleAdapter's, "net": the denoiser's}``; every other cond key is
-    passed through."""
+    (``path="tokens"``: ``text_residual``) -> ``net``. Params ``{"conditioner": StyleAdapter's, "net": the
+    denoiser's}``; every other cond key is passed through."""
 
     net: nn.Module
     encoder: Any
     heads: int = 16
+    residual: bool = False
+    path: str = "style"
 
     def setup(self):
-        self.conditioner = StyleAdapter(self.encoder, self.heads)
+        if self.path not in PATHS:
+            raise ValueError(f"ReferenceStyled.path must be one of {PATHS}, got {self.path!r}")
+        self.conditioner = StyleAdapter(self.encoder, self.heads, self.residual, per_token=self.path == "tokens")
 
     def prepare(self, cond, train: bool = False, like=None):
-        """``cond`` with :data:`REFERENCE_KEYS` -> ``cond`` with ``style`` [B, D] instead. The style does not
+        """``cond`` with :data:`REFERENCE_KEYS` -> ``cond`` with ``style`` [B, D] (``path="tokens"``:
+        ``text_residual`` [B, L, D], added to ``text`` by :meth:`__call__`) instead. The style does not
         depend on x_t or t, so a sampler computes it once (:meth:`tta_jax.denoisers.factory.Denoiser.prepare`)
         and every step's call passes it through. ``like``: an x_t [B, ...] for the dummy reference of ``init``."""
         cond = dict(cond)
-        if "style" in cond:
+        out = "text_residual" if self.path == "tokens" else "style"
+        if out in cond:
             if any(k in cond for k in REFERENCE_KEYS):
-                raise ValueError("cond['style'] is computed by the SERST adapter from cond['reference']; pass one "
-                                 "or the other")
+                raise ValueError(f"cond[{out!r}] is computed by the SERST adapter from cond['reference']; pass one "
+                                 f"or the other")
             return cond     # prepared already
         ref = cond.pop("reference", None)
         rmask = cond.pop("reference_mask", None)
@@ -118,18 +145,29 @@ class ReferenceStyled(nn.Module):
             ref = jnp.zeros((like.shape[0], 1, 8, self.encoder.n_mels))
         if "text" not in cond:
             raise ValueError(f"the SERST adapter reads the text states cond['text']; cond has {sorted(cond)}")
-        cond["style"] = self.conditioner(cond["text"], cond.get("text_mask"), ref, rmask)
+        cond[out] = self.conditioner(cond["text"], cond.get("text_mask"), ref, rmask)
         return cond
 
     def __call__(self, x, t, cond, train: bool = False):
         """x_t [B, ...], t [B], cond with :data:`REFERENCE_KEYS` (or already prepared) -> the net's output."""
-        return self.net(x, t, self.prepare(cond, train=train, like=x), train=train)
+        cond = self.prepare(cond, train=train, like=x)
+        if self.path == "tokens":
+            res = cond.pop("text_residual")
+            text = jnp.asarray(cond["text"])
+            if res.shape != text.shape:
+                raise ValueError(f"cond['text_residual'] {res.shape} does not match cond['text'] {text.shape}")
+            cond["text"] = (text.astype(jnp.float32) + res).astype(text.dtype)
+        return self.net(x, t, cond, train=train)
 
 
 def with_serst(den, section: Mapping[str, Any], where: str = "config.conditioner"):
     """A :class:`tta_jax.denoisers.factory.Denoiser` reading ``style`` [B, D_text] -> the same denoiser behind the
-    SERST adapter, reading ``reference`` / ``reference_mask`` instead of ``style``."""
-    if "style" not in den.cond_keys:
+    SERST adapter, reading ``reference`` / ``reference_mask`` instead of ``style``. ``section.path="tokens"``: any
+    denoiser with a text context; the adapter's per-token residual joins the text states (module docstring)."""
+    path = str(section.get("path", "style"))
+    if path not in PATHS:
+        raise ConfigError(f"{where}.path={path!r}; expected one of {PATHS}")
+    if path == "style" and "style" not in den.cond_keys:
         raise ConfigError(f"{where}.name='serst' needs a denoiser with a style input: for the U-Net set "
                           f"config.model.class_embed_type='simple_projection' (+ projection_class_embeddings_"
                           f"input_dim = the text width, resnet_time_scale_shift='default_ada'); for the DiT "
@@ -151,7 +189,9 @@ def with_serst(den, section: Mapping[str, Any], where: str = "config.conditioner
         cond["reference_mask"] = jnp.ones((b, count), bool)
         return cond
 
-    module = ReferenceStyled(den.module.clone(parent=None), enc, heads)
+    # a DiT that adds the style to its pooled text (style_path="pooled") takes the residual part only
+    residual = getattr(getattr(den.module, "config", None), "style_path", "embed") == "pooled"
+    module = ReferenceStyled(den.module.clone(parent=None), enc, heads, residual, path)
     return dataclasses.replace(den, module=module, cond_keys=keys, dummy_cond=dummy_cond)
 
 
@@ -175,4 +215,4 @@ def _log_mel(audio):
 
 
 __all__ = ["StyleAdapter", "ReferenceStyled", "with_serst", "encoder_config", "reference_spec",
-           "reference_features", "REFERENCE_KEYS"]
+           "reference_features", "REFERENCE_KEYS", "PATHS"]

@@ -17,7 +17,8 @@ Reference: docs/reference-architectures.md section 1 and the official code (gith
   sees it.
 - ``style`` [B, style_dim] (needs ``style_dim``): SERST-style global condition. ``style_embed``
   (Linear(style_dim -> D), SiLU, Linear(D -> D) with the last layer zero-initialised) is added to the
-  timestep embedding before the global SiLU, so it drives every block's AdaLN and the final FiLM.
+  timestep embedding before the global SiLU, so it drives every block's AdaLN and the final FiLM
+  (``style_path="pooled"``: added to the pooled text instead, see below).
 - ``acoustic`` [B, La, acoustic_dim] and ``acoustic_mask`` [B, La] (needs ``acoustic_dim``): DC-LDM
   auxiliary sequence. Projected once by ``acoustic_embed`` (Linear-SiLU-Linear to D, like
   ``context_embed``); in every block of ``acoustic_blocks`` an extra cross-attention right after the text
@@ -61,7 +62,11 @@ CrossDiT/DiT), "adaln_single" (PixArt: shared Linear + per-block table)}, ``gate
 Extra conditioning paths (config; all off by default, so the EzAudio configs, checkpoints and
 ``tta_jax/convert/ezaudio_dit.py`` are unchanged):
 
-- ``style_dim``: enables ``cond["style"]``; params ``style_embed/linear_{1,2}``.
+- ``style_dim``: enables ``cond["style"]``; params ``style_embed/linear_{1,2}``. With ``style_path="pooled"``
+  (needs ``pooled_context`` and ``style_dim == context_dim``) the style is instead a residual in the text-state
+  space, added to the masked mean of the text before the (pretrained) ``pooled_text_embed``: no new params, and a
+  zero style is exactly the base. SERST then reaches every AdaLN through the global text path the base already
+  learnt (the adapter returns its residual, :mod:`tta_jax.conditioners.serst`).
 - ``acoustic_dim`` (+ ``acoustic_blocks``): enables ``cond["acoustic"]``; params ``acoustic_embed/linear_{1,2}``
   and, per host block, ``norm_acoustic``, ``norm_acoustic_context``, ``acoustic_attn``. ``acoustic_blocks``
   indexes the blocks in order ``in_blocks_0..n-1`` (0..n-1), ``mid_block`` (n), ``out_blocks_0..n-1``
@@ -96,6 +101,7 @@ from tta_jax.sections import DictConfig
 
 MODULATIONS = ("sola", "adaln_zero", "adaln_single")
 GATES = ("one_minus", "plain")
+STYLE_PATHS = ("embed", "pooled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +137,7 @@ class DiTConfig(DictConfig):
     dtype: str = "float32"           # compute dtype; params stay float32
     # extra conditioning paths (all zero-init at the output; default off = plain EzAudio)
     style_dim: int | None = None     # cond["style"] [B, style_dim] -> timestep embedding (SERST)
+    style_path: str = "embed"        # "embed": own zero-init MLP; "pooled": a residual of the pooled text
     acoustic_dim: int | None = None  # cond["acoustic"] [B, La, acoustic_dim] extra cross-attention (DC-LDM)
     acoustic_blocks: tuple[int, ...] | None = None  # host blocks: in 0..n-1, mid n, out n+1..2n; None = all
     ref_blocks: tuple[int, ...] = ()  # out blocks taking cond["refs"][i] [B, Lr, width] (DreamAudio)
@@ -155,6 +162,13 @@ class DiTConfig(DictConfig):
             v = getattr(self, f)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise ValueError(f"DiTConfig.{f} must be None or a positive int, got {v!r}")
+        if self.style_path not in STYLE_PATHS:
+            raise ValueError(f"DiTConfig.style_path must be one of {STYLE_PATHS}, got {self.style_path!r}")
+        if self.style_path == "pooled" and self.style_dim is not None and not (
+                self.pooled_context and self.style_dim == self.context_dim):
+            raise ValueError(f"DiTConfig.style_path='pooled' adds the style to the pooled text: it needs "
+                             f"pooled_context=True and style_dim == context_dim, got pooled_context="
+                             f"{self.pooled_context}, style_dim={self.style_dim}, context_dim={self.context_dim}")
         n_half = self.depth // 2
         if self.acoustic_blocks is not None:
             if self.acoustic_dim is None:
@@ -371,7 +385,10 @@ class DiT(nn.Module):
                 if style.shape != (B, c.style_dim):
                     raise ValueError(f"DiT: cond['style'] must be [B, style_dim] = {(B, c.style_dim)}, "
                                      f"got {style.shape}")
-                style_emb = StyleEmbed(c.width, dtype=dt, name="style_embed")(style.astype(dt))
+                if c.style_path == "pooled":   # a residual of the text states: joins them before pooling
+                    style_emb = style.astype(dt)
+                else:
+                    style_emb = StyleEmbed(c.width, dtype=dt, name="style_embed")(style.astype(dt))
 
         acoustic = cond.get("acoustic")
         acoustic_ctx, acoustic_mask = None, cond.get("acoustic_mask")
@@ -479,8 +496,12 @@ class DiT(nn.Module):
         if c.pooled_context and context is not None:
             w = (jnp.ones(text.shape[:2], dt) if context_mask is None else context_mask.astype(dt))[..., None]
             pooled = (text.astype(dt) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)  # [B, context_dim]
+            if style_emb is not None and c.style_path == "pooled":
+                pooled = pooled + style_emb
             temb = temb + TimestepMLP(c.width, dtype=dt, name="pooled_text_embed")(pooled)
-        if style_emb is not None:
+        elif style_emb is not None and c.style_path == "pooled":
+            raise ValueError("DiT: style_path='pooled' adds cond['style'] to the pooled text, but cond has no 'text'")
+        if style_emb is not None and c.style_path == "embed":
             temb = temb + style_emb
         temb = nn.silu(temb)
         final_mod = dense(2 * c.width, ("embed", "mlp"), name="time_ada_final", dtype=dt, kernel_init=zeros)(temb)

@@ -201,12 +201,21 @@ def patch_batch(batch: Mapping[str, Any], p: int, pca=None, latent_keys: Sequenc
     if np.ndim(batch["latent"]) != 3:
         return out
     out["latent"] = to_tokens(batch["latent"], p, pca)
-    for k in latent_keys:
-        if k in batch:
-            out[k] = to_tokens(batch[k], p, pca, crop=True)
+    out = references_to_tokens(out, p, pca, latent_keys)
     for k in ("mask", "latent_valid"):
         if k in batch:
             out[k] = patch_mask(batch[k], p)
+    return out
+
+
+def references_to_tokens(cond: Mapping[str, Any], p: int, pca=None, latent_keys: Sequence[str] = ()
+                         ) -> dict[str, Any]:
+    """``cond`` with each of ``latent_keys`` it holds (sequence latents of the system codec with leading axes,
+    e.g. ``ref_latent`` [B, K, T_r, C]) moved to the denoiser's token space [B, K, T_r // p, p*C or k] (the last
+    ``T_r % p`` frames dropped): what the loss (:func:`patch_batch`) and sampling (:func:`generate_audio`) both
+    do to references. Sequence latents only."""
+    out = dict(cond)
+    out.update({k: to_tokens(cond[k], p, pca, crop=True) for k in latent_keys if k in cond})
     return out
 
 
@@ -816,14 +825,17 @@ def text_conds(encode, prompts: Sequence[str], negative: str = "empty") -> tuple
     """A registry text encoder's ``encode(texts) -> {"text": [B, L, D], "text_mask": [B, L]}`` -> the
     conditioned branch for ``prompts`` and the unconditioned one: ``negative="empty"``: the empty prompt's
     encoding (batch 1); ``"zeros"`` (Auffusion): ``text_null`` True, i.e. the conditioned branch's text
-    replaced by an all-zero context after the adapters (the conditioned branch gets ``text_null`` False)."""
+    replaced by an all-zero context after the adapters (the conditioned branch gets ``text_null`` False);
+    ``"prompt"``: the prompts themselves (a reference-conditioned system then guides on its references alone)."""
     cond = {k: jnp.asarray(v) for k, v in encode(list(prompts)).items()}
+    if negative == "prompt":
+        return cond, dict(cond)
     if negative == "zeros":
         b = jax.tree_util.tree_leaves(cond)[0].shape[0]
         cond["text_null"] = jnp.zeros((b,), bool)
         return cond, {"text_null": jnp.ones((1,), bool)}
     if negative != "empty":
-        raise ConfigError(f"config.sampler.negative={negative!r}; expected 'empty' or 'zeros'")
+        raise ConfigError(f"config.sampler.negative={negative!r}; expected 'empty', 'zeros' or 'prompt'")
     uncond = {k: jnp.asarray(v) for k, v in encode([""]).items()}
     return cond, uncond
 
@@ -905,6 +917,7 @@ def sampling_of(config, *, workdir: str | None = None, num_frames: int | None = 
     trained length (no training data needed); ``num_frames`` (default: the config's crop or the trained
     length), ``steps``, ``guidance``, ``rescale`` override the config."""
     from tta_jax.codecs.registry import build_codec
+    from tta_jax.conditioners.registry import reference_spec_of
     from tta_jax.text.registry import build_text_encoder
 
     den = denoiser_of(config)
@@ -920,6 +933,9 @@ def sampling_of(config, *, workdir: str | None = None, num_frames: int | None = 
     if negative == "zeros" and "text_null" not in den.cond_keys:
         raise ConfigError("config.sampler.negative='zeros' zeroes the context after the text adapters; this "
                           "model has none (set config.model.text_adapters=True or config.text.name='multi')")
+    if negative == "prompt" and reference_spec_of(config.get("conditioner")) is None:
+        raise ConfigError("config.sampler.negative='prompt' guides on the conditioner's extra inputs alone; this "
+                          "system has none (config.conditioner), so the guidance would do nothing")
     text = build_text_encoder(config.text)
     if text is None:  # an unconditional model: the batch size comes from the number of prompts alone
         raise ConfigError("config.text.name is 'none': this system has no prompt to sample from")
@@ -961,7 +977,7 @@ def generate_audio(config, params, prompts: Sequence[str], *, seed: int = 0, ste
     if spec is not None:
         if sm.denoiser.layout != IMAGE:   # reference latents in the denoiser's token space, like the target
             p = int(config.data.get("patch_frames", 1) or 1)
-            rc.update({k: to_tokens(rc[k], p, sm.pca, crop=True) for k in reference_latent_keys(config) if k in rc})
+            rc = references_to_tokens(rc, p, sm.pca, reference_latent_keys(config))
         cond.update({k: jnp.asarray(v) for k, v in rc.items()})
         uncond.update({k: jnp.asarray(v) for k, v in ru.items()})
     elif references or reference_captions:
