@@ -72,9 +72,8 @@ def _perturbed_params(den, shape):
 def loop_convolutions(gen, params, cond, uncond, shape) -> tuple[int, int]:
     """-> (convolutions in the compiled sampler, those inside its while-loop bodies), from XLA's optimised HLO
     (after its loop-invariant code motion): what runs once vs at every step."""
-    c, u = gen._prepare(cond, uncond)
-    txt = jax.jit(functools.partial(gen._generate, shape=shape)).lower(
-        params, c, u, jax.random.PRNGKey(0)).compile().as_text()
+    txt = jax.jit(functools.partial(gen.traceable, shape=shape)).lower(
+        params, cond, uncond, jax.random.PRNGKey(0)).compile().as_text()
     comps = {}
     for block in re.split(r"\n(?=\S)", txt):
         m = re.match(r"(?:ENTRY )?%?([\w.\-]+)", block)

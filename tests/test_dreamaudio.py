@@ -128,22 +128,27 @@ def test_prepared_references_give_the_same_output_and_leave_the_sampling_loop(sy
     assert "refs" in prepared and not {"ref_latent", "ref_text", "reference_mask"} & set(prepared)
     want = jax.jit(den.apply)(params, x, t, cond)
     np.testing.assert_allclose(np.asarray(jax.jit(den.apply)(params, x, t, prepared)), np.asarray(want), atol=1e-6)
+    # without an x_t to compare with (the sampler's prepare), references of another codec still fail by name
+    wrong = dict(cond, ref_latent=jnp.concatenate([cond["ref_latent"]] * 2, axis=-1))
+    with pytest.raises(ValueError, match="latent channels"):
+        den.prepare(params, wrong)
     if family != "unet":
         return
     gen = tta.Generator(den, D.make_schedule("scaled_linear", prediction_type="flow"), D.SamplerConfig("euler", 3),
                         guidance_scale=2.0)
     uncond = {"text": jnp.zeros((1, L, DT)), "text_mask": jnp.ones((1, L), bool),
               "reference_mask": jnp.zeros((1, K), bool)}
-    c, u = gen._prepare(cond, uncond)
     key = jax.random.PRNGKey(0)
     # a new partial per trace: make_jaxpr caches traces by function
-    with_prepare = _convs(jax.make_jaxpr(functools.partial(gen._generate, shape=shape))(params, c, u, key).jaxpr)
+    with_prepare = _convs(jax.make_jaxpr(functools.partial(gen.traceable, shape=shape))(
+        params, cond, uncond, key).jaxpr)
     out = np.asarray(gen.generate(params, cond, uncond, key, shape))
     orig = Denoiser.prepare
     try:
         Denoiser.prepare = lambda self, params, cond, x=None: dict(cond)    # the per-step path
         jax.clear_caches()      # equal Generators share jax's trace and compile caches
-        without = _convs(jax.make_jaxpr(functools.partial(gen._generate, shape=shape))(params, c, u, key).jaxpr)
+        without = _convs(jax.make_jaxpr(functools.partial(gen.traceable, shape=shape))(
+            params, cond, uncond, key).jaxpr)
         slow = np.asarray(tta.Generator(gen.denoiser, gen.schedule, gen.sampler, guidance_scale=2.0).generate(
             params, cond, uncond, key, shape))
     finally:

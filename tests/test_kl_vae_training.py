@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from configs.auffusion_vae import get_config
+from tta_jax.data.crops import MelCropIterator
 from tta_jax.errors import ConfigError
 from tta_jax.train import kl_vae
 
@@ -67,9 +68,9 @@ def test_bad_settings_name_the_key(tmp_path):
 
 def test_crop_iterator_is_deterministic_and_resumable():
     mels = [np.random.default_rng(i).standard_normal((30 + i, 8)).astype(np.float32) for i in range(3)]
-    a = kl_vae.MelCropIterator(mels, 2, 16, seed=3)
+    a = MelCropIterator(mels, 2, 16, seed=3)
     first = [next(a) for _ in range(3)]
-    b = kl_vae.MelCropIterator(mels, 2, 16, seed=3)
+    b = MelCropIterator(mels, 2, 16, seed=3)
     b.set_state({"index": 2})
     np.testing.assert_array_equal(next(b), first[2])
     assert first[0].shape == (2, 16, 8)

@@ -217,6 +217,11 @@ def test_tokens_path_adds_the_adapter_residual_to_the_text_states_of_a_unet_with
     c.conditioner.path = "adanorm"
     with pytest.raises(ConfigError, match="config.conditioner.path='adanorm'"):
         denoiser_of(c)
+    # a denoiser that also has a style input would build a style projection nothing feeds
+    s = get_config("tiny_serst")
+    s.conditioner.path = "tokens"
+    with pytest.raises(ConfigError, match="config.conditioner.path='tokens'.*style input"):
+        denoiser_of(s)
 
 
 def test_negative_prompt_guides_on_the_reference_alone():

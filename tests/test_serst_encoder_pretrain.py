@@ -10,7 +10,7 @@ from flax.core import meta
 
 from tta_jax.errors import ConfigError
 from tta_jax.train import partial
-from tta_jax.train.kl_vae import MelCropIterator
+from tta_jax.data.crops import MelCropIterator
 
 
 def test_labelled_crops_keep_each_clip_with_its_label():

@@ -151,6 +151,11 @@ class MultiReference(nn.Module):
                                                        or lat.shape[-1] != like.shape[-1])):
             raise ValueError(f"cond['ref_latent'] must be [B={B}, K, *latent] like x_t "
                              f"{None if like is None else like.shape} (any length), got {lat.shape}")
+        enc = self.net if self.conditioner is None else self.conditioner
+        want_c = getattr(enc, "in_channels", None) or getattr(getattr(enc, "config", None), "in_channels", None)
+        if like is None and want_c is not None and lat.shape[-1] != want_c:   # (with like: checked above)
+            raise ValueError(f"cond['ref_latent'] {lat.shape} has {lat.shape[-1]} latent channels; the reference "
+                             f"encoder reads {want_c} (references encoded by another codec?)")
         K = lat.shape[1]
         if txt.ndim != 4 or txt.shape[:2] != (B, K):
             raise ValueError(f"cond['ref_text'] must be [B={B}, K={K}, L, D], got {txt.shape}")
@@ -164,7 +169,6 @@ class MultiReference(nn.Module):
         rmask = (jnp.ones((B, K), bool) if rmask is None else jnp.asarray(rmask).astype(bool))
         if rmask.shape != (B, K):
             raise ValueError(f"cond['reference_mask'] must be [B, K] = {(B, K)}, got {rmask.shape}")
-        enc = self.net if self.conditioner is None else self.conditioner
         flat = lat.reshape((B * K,) + lat.shape[2:])
         feats = enc.encode(flat, jnp.zeros((B * K,), jnp.float32), rc, train=train)
         if len(feats) != self.n_scales:

@@ -172,6 +172,10 @@ def with_serst(den, section: Mapping[str, Any], where: str = "config.conditioner
                           f"config.model.class_embed_type='simple_projection' (+ projection_class_embeddings_"
                           f"input_dim = the text width, resnet_time_scale_shift='default_ada'); for the DiT "
                           f"config.model.style_dim")
+    if path == "tokens" and "style" in den.cond_keys:
+        raise ConfigError(f"{where}.path='tokens' adds the style to the text states, but this {den.name} also has a "
+                          f"style input that nothing would feed (an untrained style projection): drop "
+                          f"config.model.style_dim (DiT) / class_embed_type (U-Net)")
     if "text" not in den.cond_keys or not den.context_dim:
         raise ConfigError(f"{where}.name='serst' queries the reference with the text states; this "
                           f"{den.name} has no text context")

@@ -5,6 +5,7 @@ Modules (import the submodules; nothing heavy is imported here):
   loader    grain pipeline over those shards (shuffle, shard by process, time crops, caption dropout,
             EzAudio masks) + global batch assembly; sequence [T, C] and image [H, T, C] latents
   masks     EzAudio span masks (pure numpy)
+  crops     random log-mel crops as a checkpointable batch iterator (mel VAE, reference-encoder training)
   embedded  seeded General-MIDI demo dataset (tinysoundfont); the in-domain evaluator renders it
             (CLI: `python -m tta_jax.data.embedded OUT`)
 

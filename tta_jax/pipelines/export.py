@@ -46,8 +46,7 @@ def sampler_fn(sm: tta.Sampling):
             uncond = {"text_null": jnp.ones((1,), bool)}
         else:
             uncond = text_features(sm.text, null_tokens)
-        cond, uncond = tta.Generator._prepare(cond, uncond)
-        lat = sm.generator._generate(params, cond, uncond, jax.random.PRNGKey(seed), sm.shape,
+        lat = sm.generator.traceable(params, cond, uncond, jax.random.PRNGKey(seed), sm.shape,
                                      guidance=guidance, rescale=rescale)
         lat, audio = sm.to_audio(lat)
         return audio.astype(jnp.float32), lat.astype(jnp.float32)

@@ -655,6 +655,15 @@ class Generator:
                   for k, v in uncond.items()}
         return pad_context_pairs(cond, uncond)
 
+    def traceable(self, params, cond: Mapping[str, Any], uncond: Mapping[str, Any], key, shape: Sequence[int], *,
+                  guidance=None, rescale=None):
+        """:meth:`generate`'s computation without its jit, to trace inside a larger function (the exported sampler,
+        :mod:`tta_jax.pipelines.export`) or to ``jax.jit(...).lower`` (benchmarks/prepare_once.py) -> latents
+        [B, *shape]. ``guidance`` / ``rescale`` default to the generator's (values or tracers)."""
+        cond, uncond = self._prepare(cond, uncond)
+        return self._generate(params, cond, uncond, key, tuple(int(s) for s in shape), guidance=guidance,
+                              rescale=rescale)
+
     def generate(self, params, cond: Mapping[str, Any], uncond: Mapping[str, Any], key, shape: Sequence[int], *,
                  masked_latent=None, mask=None):
         cond, uncond = self._prepare(cond, uncond)

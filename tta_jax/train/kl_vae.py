@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tta_jax.data.crops import MelCropIterator
 from tta_jax.errors import ConfigError
 
 LATENT_STATS = "latent_stats.json"
@@ -90,44 +91,6 @@ def log_mels(clips: list[np.ndarray], mel, batch: int = 16) -> list[np.ndarray]:
         lm = np.asarray(fn(jnp.asarray(a)))
         out += [lm[j, :mel.num_frames(c.size)] for j, c in enumerate(group)]
     return out
-
-
-class MelCropIterator:
-    """Random crops [B, crop, M] of a list of log-mels (padded with the log floor when shorter); batch i is
-    drawn from ``default_rng([seed, i])`` (checkpointable: ``get_state``/``set_state``). With ``labels`` (one
-    int per clip) a batch is ``{"mel": [B, crop, M], "label": [B]}``."""
-
-    def __init__(self, mels: list[np.ndarray], batch_size: int, crop: int, seed: int = 0, floor: float = -11.5,
-                 labels: list[int] | None = None):
-        if not mels:
-            raise ValueError("MelCropIterator: no clips")
-        if labels is not None and len(labels) != len(mels):
-            raise ValueError(f"MelCropIterator: {len(labels)} labels for {len(mels)} clips")
-        self.mels, self.batch, self.crop, self.seed, self.floor, self.index = mels, batch_size, crop, seed, floor, 0
-        self.labels = None if labels is None else np.asarray(labels, np.int32)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> np.ndarray:
-        r = np.random.default_rng([self.seed, self.index])
-        self.index += 1
-        m = self.mels[0].shape[-1]
-        out = np.full((self.batch, self.crop, m), self.floor, np.float32)
-        picks = np.zeros(self.batch, np.int64)
-        for b in range(self.batch):
-            picks[b] = int(r.integers(len(self.mels)))
-            x = self.mels[picks[b]]
-            s = int(r.integers(0, max(x.shape[0] - self.crop, 0) + 1))
-            piece = x[s:s + self.crop]
-            out[b, :piece.shape[0]] = piece
-        return out if self.labels is None else {"mel": out, "label": self.labels[picks]}
-
-    def get_state(self):
-        return {"index": self.index}
-
-    def set_state(self, s):
-        self.index = int(s["index"])
 
 
 def make_loss_fn(vae_cfg, image: str, kl_weight: float):
@@ -216,5 +179,5 @@ def load_trained_vae(workdir: str, where: str = "config.codec.vae_workdir") -> t
     return vae_cfg, params, std
 
 
-__all__ = ["build_task", "vae_config_of", "mel_config_of", "MelCropIterator", "make_loss_fn", "load_trained_vae",
+__all__ = ["build_task", "vae_config_of", "mel_config_of", "make_loss_fn", "load_trained_vae",
            "LATENT_STATS"]

@@ -105,7 +105,7 @@ def build_task(config, mesh=None):  # noqa: ARG001 - the loop shards the batch o
     ``config.conditioner.encoder`` of a SERST config); ``save_assets`` writes ``assets/labels.json``."""
     from tta_jax.conditioners.reference_encoder import REFERENCE_MEL
     from tta_jax.conditioners.serst import encoder_config
-    from tta_jax.train.kl_vae import MelCropIterator
+    from tta_jax.data.crops import MelCropIterator
     from tta_jax.train.loop import Task
 
     enc = encoder_config(dict(config.model.get("encoder") or {}), "config.model.encoder")
