@@ -8,7 +8,8 @@ For each of the 17 sound sources, ``per_family`` held-out clips (the test split 
 trained on, single-event, rendered at 16 kHz; valid split when the test split has too few) are references. Every
 sample gets a prompt that names no instrument (a fixed cycle of pattern/register/dynamics/tempo sentences) and:
 
-- ``serst``: the SERST run with that one reference (CFG against the empty prompt without reference; with
+- ``serst``: the SERST run with that reference (``--references_per_sample K``: and the next K - 1 held-out clips
+  of the same source; CFG against the empty prompt without reference; with
   ``--negative prompt`` against the same prompt without reference);
 - ``base``: the run the adapter was trained on, same prompts and seeds, no reference.
 
@@ -49,6 +50,9 @@ NEUTRAL_PROMPTS = ("A short melody in a high register, soft and slow.",
                    "Repeated notes in a mid register, loud and fast.",
                    "A chord in a low register, soft and slow.",
                    "An arpeggio in a mid register, loud and slow.")
+_K = flags.DEFINE_integer("references_per_sample", 1,
+                          "K references per SERST sample: the sample's own held-out clip and the next K - 1 held-out "
+                          "clips of the same source (K <= per_family)")
 _DATA = flags.DEFINE_string("data", None, "precomputed reference pairs of the SERST run: also report the loss gap")
 _LOSS_BATCHES = flags.DEFINE_integer("loss_batches", 40, "batches for the loss gap (--data)")
 log = logging.getLogger("serst_reference")
@@ -77,7 +81,7 @@ def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     from tta_jax.eval.indomain import score_generated as evaluate
-    from tta_jax.data.embedded import SOURCES
+    from tta_jax.data.embedded import SOURCES, same_family_groups
     from tta_jax.eval.metrics import accuracy_vs_chance
     from tta_jax.pipelines.tta import generate_audio
 
@@ -87,18 +91,21 @@ def main(argv):
         sc.sampler.negative = _NEGATIVE.value
     bc, bp, b_step = _load(_BASE.value)
     refs, fams, keys = reference_clips(_NUM_CLIPS.value, 0, _PER.value)
+    per_sample = same_family_groups(fams, _K.value)
     prompts = [NEUTRAL_PROMPTS[i % len(NEUTRAL_PROMPTS)] for i in range(len(fams))]
     runs = {}
     t0 = time.time()
     kw = {"seed": _SEED.value, "steps": _STEPS.value, "num_frames": int(sc.data.crop_frames)}
-    _, a_serst, codec = generate_audio(sc, sp, prompts, references=[[r] for r in refs], workdir=_SERST.value,
+    grouped = [[refs[j] for j in g] for g in per_sample]
+    _, a_serst, codec = generate_audio(sc, sp, prompts, references=grouped, workdir=_SERST.value,
                                        guidance=_GUIDANCE.value, **kw)
     runs["serst"] = a_serst
     _, runs["base"], _ = generate_audio(bc, bp, prompts, workdir=_BASE.value, **kw)
     sample_s = time.time() - t0
     report = {"serst_workdir": _SERST.value, "serst_step": s_step, "base_workdir": _BASE.value, "base_step": b_step,
               "per_family": _PER.value, "num_samples": len(fams), "prompts": list(NEUTRAL_PROMPTS),
-              "reference_keys": keys, "sampler": dict(sc.sampler), "serst_guidance": _GUIDANCE.value,
+              "reference_keys": keys, "references_per_sample": _K.value, "sampler": dict(sc.sampler),
+              "serst_guidance": _GUIDANCE.value,
               "sampling_seconds": sample_s,
               "chance": 1.0 / len(SOURCES)}
     lines = ["| condition | reference-family match | hits | x chance | one-sided p |", "|---|---|---|---|---|"]

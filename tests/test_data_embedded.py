@@ -88,3 +88,14 @@ def test_splits_deterministic():
     a = [E.split_of(i, 400, seed=1) for i in range(400)]
     assert a == [E.split_of(i, 400, seed=1) for i in range(400)]
     assert a.count("valid") == 20 and a.count("test") == 20
+
+
+def test_same_family_groups_take_k_clips_of_the_one_family_cyclically():
+    same_family_groups = E.same_family_groups
+    fams = ["a", "b", "a", "a", "b"]
+    assert same_family_groups(fams, 1) == [[0], [1], [2], [3], [4]]
+    assert same_family_groups(fams, 2) == [[0, 2], [1, 4], [2, 3], [3, 0], [4, 1]]
+    with pytest.raises(ValueError, match="b has 2 clips"):
+        same_family_groups(fams, 3)
+    g = same_family_groups(["a", "a", "b", "a", "b", "b"], 3)
+    assert g[3] == [3, 0, 1] and g[4] == [4, 5, 2]

@@ -345,6 +345,19 @@ def held_out_clips(num_clips: int, seed: int, per_family: int, sample_rate: int 
     return list(iter_embedded(cfg, chosen, num_workers=2))
 
 
+def same_family_groups(families: Sequence[str], k: int) -> list[list[int]]:
+    """``families`` [N] (e.g. of :func:`held_out_clips`) -> for each clip i the indices of K clips of its family: i
+    and the next K - 1 of the same family, cyclically (several references of one source per sample)."""
+    groups = []
+    for i, f in enumerate(families):
+        same = [j for j, g in enumerate(families) if g == f]
+        if not 1 <= k <= len(same):
+            raise ValueError(f"{k} references per clip: {f} has {len(same)} clips")
+        at = same.index(i)
+        groups.append([same[(at + n) % len(same)] for n in range(k)])
+    return groups
+
+
 _WORKER_SF: bytes | None = None
 
 
