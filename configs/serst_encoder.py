@@ -9,7 +9,12 @@ does, keeping it frozen).
 
 Run:      python -m launch.train --config configs/serst_encoder.py --workdir runs/serst_encoder
 Expected (measured, 2-core CPU, docs/experiments.md 2026-12-03): 600 steps in ~7 min; batch accuracy 0.11 (step 25)
-          -> 0.50 (200) -> 0.88 (600); 0.49 (33/68) on 68 held-out single-event clips (17 families).
+          -> 0.50 (200) -> 0.88 (600); 0.46-0.49 (31-33/68, two runs) on 68 held-out single-event clips (17 families;
+          PYTHONPATH=. python -m benchmarks.reference_encoder --workdir runs/serst_encoder --out runs/enc_eval).
+Longer (docs/experiments.md 2026-12-05; the encoder of the 2026-12-05 SERST runs):
+          python -m launch.train --config configs/serst_encoder.py --workdir runs/serst_encoder2 --config.seed=1 \
+              --config.extra.num_clips=6000 --config.train.total_steps=2000
+Expected: 2000 steps in ~14 min; batch accuracy 0.70 (750) -> 0.93 (2000); 0.59 (40/68, p 1e-31) held out.
 """
 from configs.common import cpu_tiny_trainer
 from tta_jax.config import base_config

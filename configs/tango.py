@@ -49,7 +49,10 @@ Expected: ~460 steps in 8 min; prompted-family accuracy ~0.13 (chance 0.06), in-
           0.088 vs base 0.059; demo_serst_dit_tokens: 0.074 at 1285 steps (0.088 guided on the reference alone,
           sampler.negative="prompt"), 0.147 and 0.132 (two sampling seeds, p 0.006 / 0.018) at 3050 steps, 0.074
           at 4850 steps, base 0.044-0.059; the repeat with adapter seed 1 (2734 steps): 0.044, so not reproduced
-          (docs/experiments.md 2026-12-04).
+          (docs/experiments.md 2026-12-04). With the encoder of configs/serst_encoder.py's longer recipe (held-out
+          0.59) and three references per sample (precompute with --system.conditioner.reference.count=3, train with
+          --config.conditioner.reference.count=3, 25 min, ~1430 steps): 0.132 / 0.162 (two sampling seeds), repeat
+          with adapter seed 1: 0.132 / 0.132, base 0.029-0.059 (docs/experiments.md 2026-12-05).
 """
 import ml_collections
 
