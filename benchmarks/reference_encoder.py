@@ -65,7 +65,8 @@ def main(argv):
     vs = accuracy_vs_chance(sum(hits), len(hits), 1.0 / len(classes))
     report = {"workdir": _WORKDIR.value, "step": step, "seed": int(config.seed),
               "num_clips": int(config.extra.get("num_clips", 2000)), "per_family": _PER.value,
-              "crop_seconds": seconds, "references_per_sample": _K.value, "accuracy": float(np.mean(hits)), "vs_chance": vs,
+              "crop_seconds": seconds, "references_per_sample": _K.value, "accuracy": float(np.mean(hits)),
+              "vs_chance": vs,
               "per_family_accuracy": {f: float(np.mean([h for h, g in zip(hits, fams) if g == f]))
                                       for f in sorted(set(fams))},
               "predicted": pred, "reference_keys": keys}
